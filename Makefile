@@ -1,0 +1,69 @@
+# Orchard: `make demo` runs the whole pipeline locally; `make test` runs the test suite.
+# Both set up what they need first (a virtualenv from PyPI, and Java 17 for Spark).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(CURDIR)/$(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SOURCE ?=
+PYTEST_ARGS ?=
+
+# The embedded default: SQLite metadata DB in .airflow/, Spark in local mode, a lake folder.
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export AIRFLOW_CONN_ORCHARD_SPARK ?= {"conn_type": "spark", "host": "local[2]"}
+export ORCHARD_LAKE ?= $(CURDIR)/lake
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test lint venv java lock clean
+
+demo: venv java
+	$(PY) -m orchard.samples data/sample --per-class 8
+	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+	$(PY) -m orchard.demo $(if $(SOURCE),--source "$(SOURCE)")
+
+test: venv java
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check dags plugins spark_jobs tests bench
+	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@mkdir -p $(AIRFLOW_HOME)
+	@touch $@
+
+# Spark 4 needs a Java 17+ runtime. Installed from Debian/Ubuntu packages when we are root.
+java:
+	@if ! java -version >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Java 17 (openjdk-17-jre-headless) for Spark"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless; \
+	  else \
+	    echo "Java 17 is required by Spark: install it (Debian/Ubuntu: sudo apt-get install openjdk-17-jre-headless)"; \
+	    exit 1; \
+	  fi; \
+	fi
+	@java -version 2>&1 | head -1 | grep -Eq 'version "(1[7-9]|2[0-9])' || { echo "Spark 4 needs Java 17 or newer; found: $$(java -version 2>&1 | head -1)"; exit 1; }
+
+# Re-resolve the full dependency tree from pyproject.toml's pins into constraints.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip==26.3"
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .airflow lake data/sample .pytest_cache .ruff_cache

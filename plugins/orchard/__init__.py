@@ -1,0 +1,1 @@
+"""Orchard's orchestration library: settings, lake layout, storage helpers and run reports."""

@@ -1,0 +1,62 @@
+"""Arguments and Spark configuration of the two Spark steps, as data.
+
+`run` is the mapping of a run's URIs (layout.run_layout); in the DAG it is the upload task's
+XComArg, whose items resolve when the task runs. Per-run choices are Jinja over the DAG Params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchard.config import Settings
+
+# One Arrow batch is one inference batch; 64 images keep a worker's memory near 1 GB.
+ARROW_BATCH = 64
+
+
+def featurize_args(run: Mapping[str, Any]) -> list[Any]:
+    """Command-line arguments of spark_jobs/featurize.py."""
+    return [
+        "--images", run["images"],
+        "--features", run["features"],
+        "--quarantine", run["quarantine"],
+        "--summary", run["featurize_summary"],
+        "--weights", "{{ params.weights }}",
+        "--weights-fallback", "{{ params.weights_fallback }}",
+        "--partitions", "{{ params.partitions or 0 }}",
+        "--limit", "{{ params.limit or 0 }}",
+    ]  # fmt: skip
+
+
+def pca_args(run: Mapping[str, Any]) -> list[Any]:
+    """Command-line arguments of spark_jobs/pca.py."""
+    return [
+        "--features", run["features"],
+        "--pca", run["pca"],
+        "--model", run["model"],
+        "--summary", run["pca_summary"],
+        "--csv-parts", run["csv_parts"],
+        "--k", "{{ params.pca_k or 0 }}",
+        "--variance", "{{ params.pca_variance }}",
+    ]  # fmt: skip
+
+
+def spark_conf() -> dict[str, str]:
+    """Spark configuration both steps run with, on any target."""
+    return {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Spark's INFO lines would bury the jobs' own progress and summaries in the task log.
+        "spark.log.level": "WARN",
+    }
+
+
+def local_env(settings: Settings) -> dict[str, str]:
+    """Environment of a local spark-submit: the Python that has TensorFlow, and the jobs' modules."""
+    return {
+        "PYSPARK_PYTHON": settings.pyspark_python,
+        "PYSPARK_DRIVER_PYTHON": settings.pyspark_python,
+        "PYTHONPATH": settings.spark_jobs_dir,
+        "TF_CPP_MIN_LOG_LEVEL": "1",
+    }

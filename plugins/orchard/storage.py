@@ -1,0 +1,159 @@
+"""Moving files into and out of the lake: the image sync and the one-file CSV assembly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    """What a sync did, file by file counted; `failed` and `ignored` keep the paths."""
+
+    uploaded: int = 0
+    skipped: int = 0
+    bytes_uploaded: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        """Files handed to the pipeline (uploaded or already there)."""
+        return self.uploaded + self.skipped
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form for XCom and the manifest."""
+        return {
+            "files": self.files,
+            "uploaded": self.uploaded,
+            "skipped": self.skipped,
+            "bytes_uploaded": self.bytes_uploaded,
+            "failed": self.failed,
+            "ignored": self.ignored,
+        }
+
+
+def is_hidden(rel_path: str) -> bool:
+    """Names Spark's file listing never reads ('.x', '_x' at any depth), so they are not inputs."""
+    return any(part.startswith((".", "_")) for part in Path(rel_path).parts)
+
+
+def list_source(source: Path) -> Iterator[str]:
+    """Relative paths of all files below `source`, depth-first in name order; streams the walk."""
+    with os.scandir(source) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=True):
+            for rel in list_source(Path(entry.path)):
+                yield f"{entry.name}/{rel}"
+        elif entry.is_file(follow_symlinks=True):
+            yield entry.name
+
+
+def check_source(source: Path) -> None:
+    """Fail early, with the path in the message, when the source folder cannot feed a run."""
+    if not source.exists():
+        raise FileNotFoundError(f"source folder {str(source)!r} does not exist")
+    if not source.is_dir():
+        raise NotADirectoryError(f"source {str(source)!r} is not a folder")
+    if not any(not is_hidden(rel) for rel in list_source(source)):
+        raise ValueError(f"source folder {str(source)!r} contains no files")
+
+
+def _unchanged(src: Path, dest: Path) -> bool:
+    try:
+        s, d = src.stat(), dest.stat()
+    except FileNotFoundError:
+        return False
+    return s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime)
+
+
+def _copy(src: Path, dest: Path) -> tuple[str, int]:
+    if _unchanged(src, dest):
+        return "skipped", 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Copy to a temporary name then rename: a reader never sees a half-copied image.
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-")
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return "uploaded", dest.stat().st_size
+
+
+def _bounded(items: Iterable[str], limit: int | None) -> Iterator[str]:
+    for n, item in enumerate(items):
+        if limit and n >= limit:
+            return
+        yield item
+
+
+def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int = 8) -> SyncReport:
+    """Copy the files below `source` to `dest` (same relative paths), skipping unchanged ones.
+
+    Unchanged means same size and modification time (copies keep the source's mtime), as rsync
+    decides. `limit` takes the first N files in listing order. Hidden names are reported, not copied.
+    """
+    check_source(source)
+    report = SyncReport()
+
+    def wanted() -> Iterator[str]:
+        for rel in list_source(source):
+            if is_hidden(rel):
+                report.ignored.append(rel)
+            else:
+                yield rel
+
+    def one(rel: str) -> tuple[str, str, int | str]:
+        try:
+            outcome, size = _copy(source / rel, dest / rel)
+            return rel, outcome, size
+        except OSError as exc:
+            return rel, "failed", f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rel, outcome, detail in pool.map(one, _bounded(wanted(), limit)):
+            if outcome == "uploaded":
+                report.uploaded += 1
+                report.bytes_uploaded += int(detail)
+            elif outcome == "skipped":
+                report.skipped += 1
+            else:
+                report.failed[rel] = str(detail)
+    log.info(
+        "sync %s -> %s: %d copied, %d unchanged, %d failed, %d hidden names ignored",
+        source, dest, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
+    )
+    return report
+
+
+def merge_csv(header: Iterable[str], parts_dir: Path, dest: Path) -> None:
+    """Write `dest` as one CSV: the header row, then every part file in name order.
+
+    Streams part by part, so memory stays flat however large the table is. Written to a
+    temporary file and renamed, so a reader never sees a half-written CSV.
+    """
+    parts = sorted(p for p in parts_dir.iterdir() if p.name.startswith("part-"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write((",".join(header) + "\n").encode("utf-8"))
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

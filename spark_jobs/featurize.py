@@ -1,0 +1,76 @@
+"""Spark step 1: images -> MobileNetV2 features (Parquet) + quarantine (Parquet) + summary (JSON).
+
+    spark-submit featurize.py --images URI --features URI --quarantine URI --summary URI \
+        [--weights imagenet|random[:SEED]|PATH_OR_URI] [--weights-fallback fail|random] \
+        [--partitions N] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+
+from orchard_jobs import features, lake
+from orchard_jobs.model import WEIGHT_FALLBACKS, resolve_weights
+from orchard_jobs.versions import versions
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line arguments of the featurize step."""
+    parser = argparse.ArgumentParser(prog="featurize", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", required=True, help="folder/prefix URI of images, one sub-folder per class")
+    parser.add_argument("--features", required=True, help="output URI of the features Parquet")
+    parser.add_argument("--quarantine", required=True, help="output URI of the quarantine Parquet")
+    parser.add_argument("--summary", required=True, help="output URI of the step's JSON summary")
+    parser.add_argument("--weights", default="imagenet", help="imagenet, random[:SEED], or a weights file")
+    parser.add_argument("--weights-fallback", default="fail", choices=WEIGHT_FALLBACKS)
+    parser.add_argument("--partitions", type=int, default=0, help="0: Spark's default parallelism")
+    parser.add_argument("--limit", type=int, default=0, help="featurize only the first N files (0: all)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    """Run the featurize step."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.time()
+    spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
+    weights = resolve_weights(args.weights, args.weights_fallback)
+    broadcast = spark.sparkContext.broadcast(weights.arrays)
+    partitions = args.partitions or spark.sparkContext.defaultParallelism
+
+    files, listed = features.read_images(spark, args.images, args.limit or None)
+    results = features.featurize(files, args.images, broadcast, partitions)
+    # The counts and both outputs come from one evaluation: the model runs once per image.
+    results.persist(StorageLevel.MEMORY_AND_DISK)
+    counts = features.count_outcomes(results)
+    unread = []
+    if counts["inputs"] < len(listed):
+        unread = features.unread_files(spark, results, listed, args.images)
+        counts = {**counts, "inputs": len(listed), "quarantined": counts["quarantined"] + len(unread)}
+    features.featurized(results).write.mode("overwrite").parquet(args.features)
+    features.quarantined(results, unread).write.mode("overwrite").parquet(args.quarantine)
+    results.unpersist()
+
+    summary = {
+        "step": "featurize",
+        "images": args.images,
+        "counts": counts,
+        "weights": weights.describe(),
+        "partitions": partitions,
+        "limit": args.limit or None,
+        "seconds": round(time.time() - started, 3),
+        "versions": versions(spark),
+    }
+    lake.write_json(spark, args.summary, summary)
+    logging.getLogger("featurize").info("featurize done: %s", counts)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,29 @@
+"""Small-file I/O through Hadoop's FileSystem, so one code path serves file:, s3: (EMRFS) and s3a:."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+
+def _path_and_fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write (replace) one small UTF-8 file at `uri`."""
+    path, fs = _path_and_fs(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+
+
+def write_json(spark: SparkSession, uri: str, payload: dict[str, Any]) -> None:
+    """Write one small JSON document at `uri`."""
+    write_text(spark, uri, json.dumps(payload, indent=2, sort_keys=True) + "\n")

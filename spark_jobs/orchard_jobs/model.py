@@ -1,0 +1,150 @@
+"""MobileNetV2 feature extractor: weights resolution, model building and batch inference.
+
+The driver resolves the weights once (ImageNet download or cache, a weights file, or a seeded
+random initialisation) and ships them to the workers as arrays, so every worker computes with
+identical weights and no worker needs network access.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchard_jobs.images import IMAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+FEATURE_DIM = 1280
+DEFAULT_SEED = 42
+WEIGHT_FALLBACKS = ("random", "fail")
+
+
+@dataclass
+class ResolvedWeights:
+    """Weights as arrays plus an honest account of where they came from."""
+
+    arrays: list[np.ndarray]
+    requested: str
+    used: str
+    meaningful: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: what was asked for, what was used, and any fallback warning."""
+        return {
+            "requested": self.requested,
+            "used": self.used,
+            "meaningful": self.meaningful,
+            "warnings": self.warnings,
+        }
+
+
+def build_model(weights: str | None = None) -> Any:
+    """MobileNetV2 at 224x224 without its classifier, global-average-pooled to 1280 floats."""
+    import keras
+
+    return keras.applications.MobileNetV2(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        include_top=False,
+        pooling="avg",
+        weights=weights,
+    )
+
+
+def random_weights(seed: int) -> list[np.ndarray]:
+    """Seeded random initialisation: the same arrays for the same seed in any process."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return build_model(None).get_weights()
+
+
+def parse_weights(spec: str) -> tuple[str, int | str | None]:
+    """Split a weights spec: 'imagenet', 'random', 'random:SEED', or a file path/URI."""
+    if spec == "imagenet":
+        return "imagenet", None
+    if spec == "random" or spec.startswith("random:"):
+        seed_text = spec.partition(":")[2] or str(DEFAULT_SEED)
+        if not seed_text.isdigit():
+            raise ValueError(f"weights {spec!r}: the seed after 'random:' must be a whole number")
+        return "random", int(seed_text)
+    if not spec.endswith((".h5", ".keras", ".weights.h5")):
+        raise ValueError(
+            f"weights {spec!r}: expected 'imagenet', 'random[:SEED]' or a .h5/.keras weights file"
+        )
+    return "file", spec
+
+
+def _local_copy(uri: str, workdir: str) -> str:
+    """A local path for a weights file given as a path or any fsspec URI (s3://, file://...)."""
+    if "://" not in uri:
+        return uri
+    import fsspec
+
+    target = os.path.join(workdir, os.path.basename(uri))
+    with fsspec.open(uri, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return target
+
+
+def resolve_weights(spec: str, fallback: str = "fail") -> ResolvedWeights:
+    """Resolve a weights spec to arrays; on a failed ImageNet download, fall back if allowed."""
+    if fallback not in WEIGHT_FALLBACKS:
+        raise ValueError(f"weights fallback {fallback!r}: expected one of {WEIGHT_FALLBACKS}")
+    kind, arg = parse_weights(spec)
+    if kind == "random":
+        return ResolvedWeights(random_weights(int(arg)), spec, f"random:{arg}", meaningful=False)
+    if kind == "file":
+        with tempfile.TemporaryDirectory() as workdir:
+            model = build_model(None)
+            model.load_weights(_local_copy(str(arg), workdir))
+        return ResolvedWeights(model.get_weights(), spec, str(arg), meaningful=True)
+    try:
+        return ResolvedWeights(build_model("imagenet").get_weights(), spec, "imagenet", meaningful=True)
+    except Exception as exc:  # no network, proxy, corrupt cache: Keras raises many kinds
+        if fallback != "random":
+            raise RuntimeError(
+                f"ImageNet weights could not be loaded ({type(exc).__name__}: {exc}); stage a weights "
+                "file and pass its path/URI, or allow the random fallback for a trial run"
+            ) from exc
+        message = (
+            f"IMAGENET WEIGHTS UNAVAILABLE ({type(exc).__name__}: {exc}). FALLING BACK TO SEEDED RANDOM "
+            f"WEIGHTS (seed {DEFAULT_SEED}): the features and PCA of this run carry no visual meaning."
+        )
+        log.warning("!" * 20 + " %s " + "!" * 20, message)
+        return ResolvedWeights(
+            random_weights(DEFAULT_SEED),
+            spec,
+            f"random:{DEFAULT_SEED}",
+            meaningful=False,
+            warnings=[message],
+        )
+
+
+class Featurizer:
+    """A model with fixed weights and a traced inference function; build once per process."""
+
+    def __init__(self, weights: list[np.ndarray]):
+        import tensorflow as tf
+
+        self.model = build_model(None)
+        self.model.set_weights(weights)
+        # One trace for any batch length; eager calls are ~2x slower and hold far more memory.
+        self._infer = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)],
+        )
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(n, 224, 224, 3) uint8 RGB -> (n, 1280) float32 features."""
+        if len(images) == 0:
+            return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        # MobileNetV2's own preprocessing: scale [0, 255] to [-1, 1].
+        x = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        return self._infer(x).numpy()
