@@ -27,12 +27,12 @@ demo: venv java
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	$(PY) -m orchard.demo $(if $(SOURCE),--source "$(SOURCE)")
 
-test: venv java
+test: venv java lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check dags plugins spark_jobs tests bench
-	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests bench
+	$(VENV)/bin/ruff check dags plugins spark_jobs tests
+	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests
 
 venv: $(STAMP)
 

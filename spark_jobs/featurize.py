@@ -23,7 +23,9 @@ from orchard_jobs.versions import versions
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line arguments of the featurize step."""
     parser = argparse.ArgumentParser(prog="featurize", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", required=True, help="folder/prefix URI of images, one sub-folder per class")
+    parser.add_argument(
+        "--images", required=True, help="folder/prefix URI of images, one sub-folder per class"
+    )
     parser.add_argument("--features", required=True, help="output URI of the features Parquet")
     parser.add_argument("--quarantine", required=True, help="output URI of the quarantine Parquet")
     parser.add_argument("--summary", required=True, help="output URI of the step's JSON summary")

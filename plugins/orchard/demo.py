@@ -1,6 +1,6 @@
 """`make demo`: run fruits_pipeline once with `airflow dags test` and print the CSV's path last.
 
-    python -m orchard.demo [--source FOLDER] [--conf JSON]
+python -m orchard.demo [--source FOLDER] [--conf JSON]
 """
 
 from __future__ import annotations

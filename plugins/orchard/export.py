@@ -77,7 +77,9 @@ def export_run(run_id: str, run: Mapping[str, str], sync: Mapping[str, Any], lak
     merge_csv(pca["columns"], local_path(run["csv_parts"]), local_path(run["csv"]))
     manifest = build_manifest(run_id, run, sync, featurized, pca)
     _write_json(local_path(run["manifest"]), manifest)
-    _write_json(local_path(f"{lake}/latest.json"), {"run_id": run_id, "csv": run["csv"], "manifest": run["manifest"]})
+    _write_json(
+        local_path(f"{lake}/latest.json"), {"run_id": run_id, "csv": run["csv"], "manifest": run["manifest"]}
+    )
     for warning in manifest["warnings"]:
         log.warning("%s", warning)
     log.info("pcaFeatures.csv: %s (%d rows, k=%d)", run["csv"], pca["n_images"], pca["k"])

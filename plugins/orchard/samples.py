@@ -64,7 +64,9 @@ def draw_fruit(fruit: Fruit, rng: random.Random, size: int = 100) -> Image.Image
             draw.ellipse((sx - r, sy - r, sx + r, sy + r), fill=fruit.spots)
     if fruit.stem:
         draw.line((centre, centre - height, centre + 6, centre - height - 18), fill=(80, 50, 20), width=5)
-    rotated = canvas.rotate(rng.uniform(0, 360), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    rotated = canvas.rotate(
+        rng.uniform(0, 360), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)
+    )
     image = rotated.resize((size, size), Image.Resampling.LANCZOS)
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 

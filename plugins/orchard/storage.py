@@ -133,7 +133,12 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
                 report.failed[rel] = str(detail)
     log.info(
         "sync %s -> %s: %d copied, %d unchanged, %d failed, %d hidden names ignored",
-        source, dest, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
+        source,
+        dest,
+        report.uploaded,
+        report.skipped,
+        len(report.failed),
+        len(report.ignored),
     )
     return report
 

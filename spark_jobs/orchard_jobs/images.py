@@ -61,16 +61,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any mode to RGB; transparent pixels become white, the Fruits-360 background."""
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in {"RGBA", "LA", "PA"}:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in {"I;16", "I;16B", "I;16L", "I"}:
         # 16-bit greyscale: scale to 8 bits rather than letting convert() clip at 255.
         arr = np.asarray(img, dtype=np.float64)
         peak = arr.max() if arr.size else 0
         scaled = (arr * (255.0 / peak) if peak > 255 else arr).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return Image.fromarray(scaled).convert("RGB")
     return img.convert("RGB")
 
 

@@ -1,0 +1,106 @@
+"""DAG integrity: imports cleanly, parses with nothing configured, has the expected graph and form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+DAG_ID = "fruits_pipeline"
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]
+
+
+def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports():
+    # A clean interpreter with no AIRFLOW_CONN_*, no ORCHARD_* and an empty Airflow home.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "ORCHARD_"))}
+    script = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'boto3') if m in sys.modules]\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
+        f" 'dags': bag.dag_ids, 'heavy': heavy}}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"errors": {}, "dags": [DAG_ID], "heavy": []}
+
+
+def test_task_graph(dag):
+    upstream = {task_id: sorted(task.upstream_task_ids) for task_id, task in dag.task_dict.items()}
+    assert upstream == {
+        "upload_images": [],
+        "featurize": ["upload_images"],
+        "pca": ["featurize", "upload_images"],
+        "export_csv": ["pca", "upload_images"],
+    }
+
+
+def test_spark_steps_are_spark_submits_of_the_jobs(dag):
+    featurize, pca = dag.get_task("featurize"), dag.get_task("pca")
+    assert type(featurize).__name__ == "SparkSubmitOperator"
+    assert featurize.application == str(ROOT / "spark_jobs" / "featurize.py")
+    assert pca.application == str(ROOT / "spark_jobs" / "pca.py")
+    assert featurize._conn_id == pca._conn_id == "orchard_spark"
+
+
+def test_one_run_at_a_time_and_documented(dag):
+    assert dag.max_active_runs == 1
+    assert not dag.catchup
+    assert "pcaFeatures.csv" in dag.doc_md
+
+
+def test_every_param_is_a_documented_form_field(dag):
+    assert set(dag.params) == {
+        "source", "pca_k", "pca_variance", "weights", "weights_fallback", "limit", "partitions"
+    }  # fmt: skip
+    for name, param in dag.params.items():
+        assert param.schema.get("title"), name
+        assert param.description, name
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"pca_variance": 1.5},
+        {"pca_variance": 0},
+        {"pca_k": 0},
+        {"pca_k": 5000},
+        {"limit": -3},
+        {"weights": "resnet50"},
+        {"weights_fallback": "maybe"},
+    ],
+)
+def test_invalid_params_are_refused(dag, conf):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dag.params)
+    with pytest.raises(ParamValidationError, match=f"param {next(iter(conf))}"):
+        params.update(conf)
+        params.validate()
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{}, {"pca_k": 10, "limit": 40}, {"weights": "random:7"}, {"weights": "s3://b/w/mobilenet.weights.h5"}],
+)
+def test_valid_params_pass(dag, conf):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dag.params)
+    params.update(conf)
+    params.validate()

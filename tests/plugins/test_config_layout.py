@@ -1,0 +1,90 @@
+"""Settings from the environment, the lake layout, and the Spark step arguments."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from orchard import steps
+from orchard.config import PROJECT_ROOT, Settings, normalise_uri
+from orchard.layout import local_path, run_layout, slug
+
+
+def test_defaults_are_the_embedded_local_setup():
+    settings = Settings.from_env({})
+    assert settings.target == "local"
+    assert settings.lake == f"file://{PROJECT_ROOT}/lake"
+    assert settings.default_source == str(PROJECT_ROOT / "data" / "sample")
+    assert settings.spark_conn_id == "orchard_spark"
+    assert settings.spark_jobs_dir == str(PROJECT_ROOT / "spark_jobs")
+    assert settings.pyspark_python == sys.executable
+    assert (settings.weights, settings.weights_fallback) == ("imagenet", "random")
+
+
+def test_environment_overrides(tmp_path):
+    settings = Settings.from_env(
+        {
+            "ORCHARD_LAKE": str(tmp_path / "my lake") + "/",
+            "ORCHARD_WEIGHTS_FALLBACK": "fail",
+            "ORCHARD_TARGET": "LOCAL",
+        }
+    )
+    assert settings.lake == f"file://{tmp_path}/my lake"
+    assert settings.weights_fallback == "fail"
+    assert settings.target == "local"
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ValueError, match="ORCHARD_TARGET='gpu'"):
+        Settings.from_env({"ORCHARD_TARGET": "gpu"})
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://bucket/lake/", "s3://bucket/lake"),
+        ("file:///srv/lake", "file:///srv/lake"),
+        ("file:/srv/lake/", "file:///srv/lake"),
+        ("/srv/a b/lake", "file:///srv/a b/lake"),
+    ],
+)
+def test_normalise_uri(uri, expected):
+    assert normalise_uri(uri) == expected
+
+
+def test_run_ids_become_safe_path_names():
+    assert slug("manual__2026-11-21T10:00:00.123+00:00") == "manual__2026-11-21T10_00_00.123_00_00"
+    assert slug("Apple Golden 1") == "Apple_Golden_1"
+    with pytest.raises(ValueError, match="no characters"):
+        slug("::")
+
+
+def test_run_layout_keeps_runs_apart():
+    one = run_layout("s3://b/lake", "Fruits 360", "manual__1")
+    two = run_layout("s3://b/lake", "Fruits 360", "scheduled__2")
+    assert one["images"] == two["images"] == "s3://b/lake/images/Fruits_360"
+    assert one["csv"] == "s3://b/lake/runs/manual__1/pcaFeatures.csv"
+    outputs = {k: v for k, v in one.items() if k != "images"}
+    assert all(v.startswith("s3://b/lake/runs/manual__1") for v in outputs.values())
+    assert not set(outputs.values()) & set(two.values())
+
+
+def test_local_path_reads_file_uris_literally():
+    assert str(local_path("file:///srv/a b/x%20y.csv")) == "/srv/a b/x%20y.csv"
+    with pytest.raises(ValueError, match="not a local"):
+        local_path("s3://bucket/x")
+
+
+def test_step_arguments_name_every_output():
+    run = run_layout("file:///lake", "sample", "r1")
+    featurize = steps.featurize_args(run)
+    pca = steps.pca_args(run)
+    flags = dict(zip(featurize[::2], featurize[1::2], strict=True))
+    assert flags["--images"] == "file:///lake/images/sample"
+    assert flags["--features"] == run["features"]
+    assert flags["--weights"] == "{{ params.weights }}"
+    pca_flags = dict(zip(pca[::2], pca[1::2], strict=True))
+    assert pca_flags["--features"] == run["features"]
+    assert pca_flags["--csv-parts"] == run["csv_parts"]
+    assert steps.spark_conf()["spark.sql.execution.arrow.maxRecordsPerBatch"] == str(steps.ARROW_BATCH)

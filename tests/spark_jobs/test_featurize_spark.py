@@ -1,0 +1,110 @@
+"""The featurize transform in Spark equals plain in-process inference, across partitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from orchard.samples import generate
+from orchard_jobs import features
+from orchard_jobs.images import decode_image
+from orchard_jobs.model import FEATURE_DIM, Featurizer, random_weights
+from tests.imagefactory import truncated_jpeg
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    generate(root, per_class=4, seed=11)
+    (root / "Kiwi" / "broken, truncated.jpg").write_bytes(truncated_jpeg())
+    (root / "Kiwi" / "notes.txt").write_text("not an image")
+    (root / "Plum" / "empty.JPG").write_bytes(b"")
+    (root / "top level.png").write_bytes((root / "Plum" / "0_100.jpg").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return random_weights(5)
+
+
+@pytest.fixture(scope="module")
+def outcome(spark, image_dir, weights):
+    uri = f"file://{image_dir}"
+    files, listed = features.read_images(spark, uri)
+    results = features.featurize(files, uri, spark.sparkContext.broadcast(weights), partitions=3)
+    results = results.withColumn("partition", F.spark_partition_id()).cache()
+    rows = results.collect()
+    unread = features.unread_files(spark, results, listed, uri)
+    return rows, listed, unread
+
+
+def test_features_equal_in_process_keras_across_partitions(outcome, image_dir, weights):
+    rows, _, _ = outcome
+    good = {r.path: r for r in rows if r.reason is None}
+    assert len(good) == 24 + 1  # generated images plus the one in the root
+    assert len({r.partition for r in good.values()}) == 3
+
+    paths = sorted(good)
+    images = np.stack([decode_image((image_dir / p).read_bytes()) for p in paths])
+    expected = Featurizer(weights)(images)
+    got = np.array([good[p].features for p in paths], dtype=np.float32)
+
+    assert got.shape == (len(paths), FEATURE_DIM)
+    scale = np.abs(expected).max()
+    assert scale > 0
+    assert np.abs(got - expected).max() <= 1e-4 * scale
+
+
+def test_every_file_is_featurized_or_quarantined_with_a_reason(outcome, image_dir):
+    rows, listed, unread = outcome
+    on_disk = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
+    seen = [r.path for r in rows] + [u[0] for u in unread]
+    assert sorted(seen) == sorted(on_disk)
+    assert len(listed) == len(on_disk)
+
+    reasons = {r.path: r.reason for r in rows if r.reason is not None}
+    reasons.update({path: reason for path, _, reason in unread})
+    assert reasons == {
+        "Kiwi/broken, truncated.jpg": reasons["Kiwi/broken, truncated.jpg"],
+        "Kiwi/notes.txt": "unsupported file type '.txt'",
+        "Plum/empty.JPG": "empty file (0 bytes)",
+    }
+    assert reasons["Kiwi/broken, truncated.jpg"].startswith("cannot decode image")
+
+
+def test_labels_are_folder_names(outcome):
+    rows, _, _ = outcome
+    labels = {r.path: r.label for r in rows}
+    assert labels["Apple Golden 1/0_100.jpg"] == "Apple Golden 1"
+    assert labels["Lemon Meyer/2_100.png"] == "Lemon Meyer"
+    assert labels["top level.png"] == "_unlabelled"
+
+
+def test_limit_takes_the_first_paths(spark, image_dir):
+    uri = f"file://{image_dir}"
+    files, listed = features.read_images(spark, uri, limit=5)
+    assert len(listed) == 5
+    assert sorted(r.path for r in files.select("path").collect()) == listed
+
+
+def test_outputs_split_by_reason(spark, outcome):
+    rows, _, unread = outcome
+    results = spark.createDataFrame(
+        [(r.path, r.label, r.features, r.reason) for r in rows], features.RESULT_TYPE
+    )
+    good = features.featurized(results)
+    bad = features.quarantined(results, unread)
+    assert good.columns == ["path", "label", "features"]
+    assert bad.columns == ["path", "label", "reason"]
+    assert good.count() + bad.count() == len(rows) + len(unread)
+    assert features.count_outcomes(results) == {
+        "inputs": len(rows),
+        "featurized": good.count(),
+        "quarantined": len(rows) - good.count(),
+    }

@@ -1,0 +1,131 @@
+"""Centred PCA in Spark against scikit-learn, the choice of k, and the CSV parts."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA as SkPCA
+
+from orchard.storage import merge_csv
+from orchard_jobs import pca as pca_ops
+
+pytestmark = pytest.mark.spark
+
+N, D, RANK = 80, 1280, 6
+
+
+@pytest.fixture(scope="module")
+def matrix() -> np.ndarray:
+    """Low-rank structure (6 directions with decaying strength), small noise, and a far-off mean."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(N, RANK)) * np.array([30, 20, 12, 6, 3, 1.5])
+    directions = np.linalg.qr(rng.normal(size=(D, RANK)))[0].T
+    x = scores @ directions + rng.normal(scale=0.05, size=(N, D)) + rng.normal(5, 2, size=D)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors(spark, matrix):
+    rows = [
+        (f"class {i % 3}/img_{i:03d}.jpg", f"class {i % 3}", row.tolist()) for i, row in enumerate(matrix)
+    ]
+    df = spark.createDataFrame(rows, "path string, label string, features array<float>")
+    return pca_ops.to_vectors(df).cache()
+
+
+def aligned_relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Relative error after flipping each component's sign to match the reference."""
+    signs = np.sign(np.sum(got * expected, axis=0))
+    return float(np.linalg.norm(got * signs - expected) / np.linalg.norm(expected))
+
+
+def test_scores_equal_scikit_learn(vectors, matrix):
+    k = 5
+    model = pca_ops.fit(vectors, k)
+    # Rows back in the matrix's order: the image number is in the file name.
+    rows = sorted(pca_ops.scores(model, vectors).collect(), key=lambda r: r.path.split("_")[-1])
+    got = np.array([r.pca for r in rows])
+
+    reference = SkPCA(n_components=k, svd_solver="full")
+    expected = reference.fit_transform(matrix.astype(np.float64))
+
+    assert got.shape == (N, k)
+    assert aligned_relative_error(got, expected) <= 1e-6
+    np.testing.assert_allclose(
+        pca_ops.explained_variance(model), reference.explained_variance_ratio_, rtol=1e-6
+    )
+    # The scores are centred (pyspark.ml's PCA alone would not centre them).
+    assert np.abs(got.mean(axis=0)).max() <= 1e-6 * np.abs(got).max()
+
+
+def test_k_for_a_variance_target_matches_scikit_learn(vectors, matrix):
+    full = pca_ops.fit(vectors, N)
+    ratios = pca_ops.explained_variance(full)
+    for target in (0.5, 0.8, 0.9, 0.99):
+        expected = SkPCA(n_components=target, svd_solver="full").fit(matrix.astype(np.float64)).n_components_
+        assert pca_ops.choose_k(ratios, target) == expected, target
+
+
+@pytest.mark.parametrize(
+    ("ratios", "target", "k"),
+    [([0.6, 0.3, 0.1], 0.5, 1), ([0.6, 0.3, 0.1], 0.9, 2), ([0.6, 0.3, 0.1], 1.0, 3), ([0.5, 0.5], 0.99, 2)],
+)
+def test_choose_k(ratios, target, k):
+    assert pca_ops.choose_k(ratios, target) == k
+
+
+@pytest.mark.parametrize("target", [0, -0.1, 1.5])
+def test_choose_k_refuses_impossible_targets(target):
+    with pytest.raises(ValueError, match="target explained variance"):
+        pca_ops.choose_k([1.0], target)
+
+
+def test_validate_k_names_the_limit():
+    pca_ops.validate_k(40, 40, 1280)
+    with pytest.raises(ValueError, match=r"pca_k=41 .* min\(images, features\) = 40"):
+        pca_ops.validate_k(41, 40, 1280)
+    with pytest.raises(ValueError, match="at least 2 featurized images"):
+        pca_ops.validate_k(1, 1, 1280)
+
+
+def test_summary_lists_variance_and_columns():
+    doc = pca_ops.summary([0.5, 0.3, 0.2], 2, 0.8, 10)
+    assert doc["k"] == 2
+    assert doc["explained_variance_ratio"] == [0.5, 0.3]
+    assert doc["cumulative_variance_ratio"] == [0.5, 0.8]
+    assert doc["variance_kept"] == pytest.approx(0.8)
+    assert doc["columns"] == ["path", "label", "pc_1", "pc_2"]
+
+
+def test_csv_parts_merge_into_one_quoted_sorted_table(spark, tmp_path):
+    names = [
+        ("Apple Golden 1/r_1.jpg", "Apple Golden 1"),
+        ('odd/quote"and,comma.jpg', "odd"),
+        ("odd/new\nline.png", "odd"),
+        ("Äpfel/grün 1.jpg", "Äpfel"),
+        ("Banana/b.jpg", "Banana"),
+    ]
+    rows = [(p, lbl, [float(i), -0.5 * i, 1e-12 * i]) for i, (p, lbl) in enumerate(names)]
+    df = spark.createDataFrame(rows, "path string, label string, pca array<double>")
+    parts = tmp_path / "parts"
+    # Several part files, as a large table gives: stop AQE from merging these few rows into one.
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        pca_ops.write_csv_parts(pca_ops.flatten(df, 3), f"file://{parts}")
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    assert len([p for p in parts.glob("part-*") if p.stat().st_size]) > 1
+
+    out = tmp_path / "pcaFeatures.csv"
+    merge_csv(pca_ops.csv_columns(3), parts, out)
+    table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
+
+    assert table[0] == ["path", "label", "pc_1", "pc_2", "pc_3"]
+    assert [r[0] for r in table[1:]] == sorted(p for p, _ in names)
+    by_path = {r[0]: r for r in table[1:]}
+    for i, (path, label) in enumerate(names):
+        assert by_path[path][1] == label
+        assert [float(v) for v in by_path[path][2:]] == [float(i), -0.5 * i, 1e-12 * i]

@@ -1,0 +1,50 @@
+"""The environment is the one pyproject.toml pins: in particular, one coherent pyspark."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    found = {}
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]+\])?==([^;\s]+)", requirement)
+        assert match, f"dependency not pinned exactly: {requirement}"
+        found[match.group(1).lower()] = match.group(3)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(pins()))
+def test_installed_versions_are_the_pinned_ones(name):
+    assert metadata.version(name) == pins()[name]
+
+
+def test_pyspark_python_side_matches_its_jars():
+    # pyspark-client (pulled by the Spark provider) writes the same `pyspark` package as pyspark:
+    # the importable Python code, both distributions and the bundled Spark jars must agree.
+    import pyspark
+
+    pinned = pins()["pyspark"]
+    assert pyspark.__version__ == pinned
+    assert metadata.version("pyspark-client") == pinned
+    jars = Path(pyspark.__file__).parent / "jars"
+    core = [p.name for p in jars.glob("spark-core_*.jar")]
+    assert core and all(name.endswith(f"-{pinned}.jar") for name in core), core
+
+
+def test_constraints_cover_every_pin():
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            constraints[name.strip().lower().replace("_", "-")] = version.strip()
+    for name, version in pins().items():
+        assert constraints.get(name.replace("_", "-")) == version, name
