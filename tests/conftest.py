@@ -6,6 +6,7 @@ test module imports it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,8 @@ os.environ.update(
 )
 for key in [k for k in os.environ if k.startswith("ORCHARD_")]:
     del os.environ[key]
+# py4j logs at INFO from __del__ at interpreter exit, after pytest has closed its log streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
