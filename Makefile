@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed-stamp
 SOURCE ?=
 PYTEST_ARGS ?=
 
+# Local settings (ORCHARD_*, connections) from .env when present; see .env.example.
+ifneq (,$(wildcard .env))
+include .env
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' .env)
+endif
+
 # The embedded default: SQLite metadata DB in .airflow/, Spark in local mode, a lake folder.
 export AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
