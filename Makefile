@@ -26,14 +26,14 @@ export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint venv java lock clean
+.PHONY: demo test lint venv java shellcheck lock clean
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	$(PY) -m orchard.demo $(if $(SOURCE),--source "$(SOURCE)")
 
-test: venv java lint
+test: venv java shellcheck lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -62,6 +62,14 @@ java:
 	  fi; \
 	fi
 	@java -version 2>&1 | head -1 | grep -Eq 'version "(1[7-9]|2[0-9])' || { echo "Spark 4 needs Java 17 or newer; found: $$(java -version 2>&1 | head -1)"; exit 1; }
+
+# The tests lint the EMR bootstrap script with shellcheck (Debian package); skipped when absent.
+shellcheck:
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }; \
+	  else echo "shellcheck not found: its test will be skipped (Debian/Ubuntu: apt-get install shellcheck)"; fi; }
 
 # Re-resolve the full dependency tree from pyproject.toml's pins into constraints.txt.
 lock:

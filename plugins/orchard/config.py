@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("local",)
+TARGETS = ("local", "emr")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,21 @@ class Settings:
     spark_driver_memory: str
     weights: str
     weights_fallback: str
+    aws_conn_id: str = "aws_default"
+    region: str = "eu-west-1"
+    kms_key_id: str | None = None
+    emr_release: str = "emr-7.14.0"
+    emr_instance_type: str = "m5.xlarge"
+    emr_core_instances: int = 2
+    emr_core_spot: bool = False
+    emr_service_role: str = "EMR_DefaultRole"
+    emr_instance_profile: str = "EMR_EC2_DefaultRole"
+    emr_subnet_id: str | None = None
+    emr_security_configuration: str | None = None
+    emr_log_uri: str = ""
+    emr_idle_timeout: int = 1800
+    emr_root_volume_gb: int = 32
+    emr_poll_seconds: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -36,10 +51,12 @@ class Settings:
         target = env.get("ORCHARD_TARGET", "local").strip().lower()
         if target not in TARGETS:
             raise ValueError(f"ORCHARD_TARGET={target!r}: expected one of {', '.join(TARGETS)}")
-        lake = env.get("ORCHARD_LAKE") or str(PROJECT_ROOT / "lake")
+        lake = normalise_uri(env.get("ORCHARD_LAKE") or str(PROJECT_ROOT / "lake"))
+        if target == "emr" and not lake.startswith("s3://"):
+            raise ValueError(f"ORCHARD_TARGET=emr needs an s3:// ORCHARD_LAKE, got {lake!r}")
         return cls(
             target=target,
-            lake=normalise_uri(lake),
+            lake=lake,
             default_source=env.get("ORCHARD_SOURCE") or str(PROJECT_ROOT / "data" / "sample"),
             spark_conn_id=env.get("ORCHARD_SPARK_CONN_ID", "orchard_spark"),
             spark_jobs_dir=env.get("ORCHARD_SPARK_JOBS") or str(PROJECT_ROOT / "spark_jobs"),
@@ -47,7 +64,29 @@ class Settings:
             spark_driver_memory=env.get("ORCHARD_SPARK_DRIVER_MEMORY", "2g"),
             weights=env.get("ORCHARD_WEIGHTS", "imagenet"),
             weights_fallback=env.get("ORCHARD_WEIGHTS_FALLBACK", "random"),
+            aws_conn_id=env.get("ORCHARD_AWS_CONN_ID", "aws_default"),
+            region=env.get("ORCHARD_AWS_REGION", "eu-west-1"),
+            kms_key_id=env.get("ORCHARD_KMS_KEY_ID") or None,
+            emr_release=env.get("ORCHARD_EMR_RELEASE", "emr-7.14.0"),
+            emr_instance_type=env.get("ORCHARD_EMR_INSTANCE_TYPE", "m5.xlarge"),
+            emr_core_instances=int(env.get("ORCHARD_EMR_CORE_INSTANCES", "2")),
+            emr_core_spot=env.get("ORCHARD_EMR_CORE_SPOT", "false").strip().lower() in {"1", "true", "yes"},
+            emr_service_role=env.get("ORCHARD_EMR_SERVICE_ROLE", "EMR_DefaultRole"),
+            emr_instance_profile=env.get("ORCHARD_EMR_INSTANCE_PROFILE", "EMR_EC2_DefaultRole"),
+            emr_subnet_id=env.get("ORCHARD_EMR_SUBNET_ID") or None,
+            emr_security_configuration=env.get("ORCHARD_EMR_SECURITY_CONFIGURATION") or None,
+            emr_log_uri=env.get("ORCHARD_EMR_LOG_URI") or f"{lake}/emr-logs/",
+            emr_idle_timeout=int(env.get("ORCHARD_EMR_IDLE_TIMEOUT", "1800")),
+            emr_root_volume_gb=int(env.get("ORCHARD_EMR_ROOT_VOLUME_GB", "32")),
+            emr_poll_seconds=int(env.get("ORCHARD_EMR_POLL_SECONDS", "60")),
         )
+
+    @property
+    def encryption(self) -> dict[str, str]:
+        """ExtraArgs of every S3 write: SSE-KMS with the configured key, else SSE-S3."""
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
 
 
 def normalise_uri(uri: str) -> str:

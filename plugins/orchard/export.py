@@ -6,27 +6,57 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from orchard import s3
 from orchard.layout import local_path
 from orchard.storage import merge_csv
 
 log = logging.getLogger(__name__)
 
 
-def _read_json(uri: str) -> dict[str, Any]:
-    return json.loads(local_path(uri).read_text(encoding="utf-8"))
+class LocalLake:
+    """A lake in a local folder (file:// URIs)."""
+
+    def read_json(self, uri: str) -> dict[str, Any]:
+        """A small JSON document."""
+        return json.loads(local_path(uri).read_text(encoding="utf-8"))
+
+    def write_json(self, uri: str, payload: Mapping[str, Any]) -> None:
+        """A small JSON document, replaced atomically."""
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".orchard-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp, path)
+
+    def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, Any]:
+        """Concatenate the CSV parts behind a header into one file."""
+        merge_csv(header, local_path(parts_uri), local_path(dest_uri))
+        return {}
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".orchard-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(payload, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
+class S3Lake:
+    """A lake under an s3:// prefix; every write encrypted."""
+
+    def __init__(self, client: Any, encryption: Mapping[str, str]):
+        self.client = client
+        self.encryption = encryption
+
+    def read_json(self, uri: str) -> dict[str, Any]:
+        """A small JSON object."""
+        return s3.read_json(self.client, uri)
+
+    def write_json(self, uri: str, payload: Mapping[str, Any]) -> None:
+        """A small JSON object (S3 writes are atomic per object)."""
+        s3.write_json(self.client, uri, payload, self.encryption)
+
+    def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, Any]:
+        """Assemble the CSV inside S3 (multipart copy) from the parts behind a header."""
+        return s3.merge_csv(self.client, header, parts_uri, dest_uri, self.encryption)
 
 
 def build_manifest(
@@ -70,15 +100,19 @@ def build_manifest(
     }
 
 
-def export_run(run_id: str, run: Mapping[str, str], sync: Mapping[str, Any], lake: str) -> dict[str, Any]:
+def export_run(
+    lake: LocalLake | S3Lake, lake_uri: str, run_id: str, run: Mapping[str, str], sync: Mapping[str, Any]
+) -> dict[str, Any]:
     """Assemble pcaFeatures.csv from the PCA step's parts, write the manifest, point latest.json at it."""
-    featurized = _read_json(run["featurize_summary"])
-    pca = _read_json(run["pca_summary"])
-    merge_csv(pca["columns"], local_path(run["csv_parts"]), local_path(run["csv"]))
+    featurized = lake.read_json(run["featurize_summary"])
+    pca = lake.read_json(run["pca_summary"])
+    merge_stats = lake.merge_csv(pca["columns"], run["csv_parts"], run["csv"])
     manifest = build_manifest(run_id, run, sync, featurized, pca)
-    _write_json(local_path(run["manifest"]), manifest)
-    _write_json(
-        local_path(f"{lake}/latest.json"), {"run_id": run_id, "csv": run["csv"], "manifest": run["manifest"]}
+    if merge_stats:
+        manifest["csv_merge"] = merge_stats
+    lake.write_json(run["manifest"], manifest)
+    lake.write_json(
+        f"{lake_uri}/latest.json", {"run_id": run_id, "csv": run["csv"], "manifest": run["manifest"]}
     )
     for warning in manifest["warnings"]:
         log.warning("%s", warning)

@@ -15,14 +15,14 @@ from orchard.config import Settings
 ARROW_BATCH = 64
 
 
-def featurize_args(run: Mapping[str, Any]) -> list[Any]:
-    """Command-line arguments of spark_jobs/featurize.py."""
+def featurize_args(run: Mapping[str, Any], weights: Any = "{{ params.weights }}") -> list[Any]:
+    """Command-line arguments of spark_jobs/featurize.py (weights: the Param, or a staged file)."""
     return [
         "--images", run["images"],
         "--features", run["features"],
         "--quarantine", run["quarantine"],
         "--summary", run["featurize_summary"],
-        "--weights", "{{ params.weights }}",
+        "--weights", weights,
         "--weights-fallback", "{{ params.weights_fallback }}",
         "--partitions", "{{ params.partitions or 0 }}",
         "--limit", "{{ params.limit or 0 }}",

@@ -6,12 +6,16 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -23,6 +27,16 @@ class SyncReport:
     bytes_uploaded: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+
+    def record(self, rel: str, outcome: str, detail: int | str) -> None:
+        """Count one file's outcome: 'uploaded' (detail: bytes), 'skipped', or 'failed' (detail: why)."""
+        if outcome == "uploaded":
+            self.uploaded += 1
+            self.bytes_uploaded += int(detail)
+        elif outcome == "skipped":
+            self.skipped += 1
+        else:
+            self.failed[rel] = str(detail)
 
     @property
     def files(self) -> int:
@@ -92,11 +106,28 @@ def _copy(src: Path, dest: Path) -> tuple[str, int]:
     return "uploaded", dest.stat().st_size
 
 
-def _bounded(items: Iterable[str], limit: int | None) -> Iterator[str]:
+def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
+    """The first `limit` items (all of them when limit is None or 0)."""
     for n, item in enumerate(items):
         if limit and n >= limit:
             return
         yield item
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """fn over items on `workers` threads, in order, with at most 4 x workers items in flight.
+
+    Unlike Executor.map, it never submits the whole iterable up front, so a listing of 100k
+    files streams through in constant memory.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int = 8) -> SyncReport:
@@ -122,15 +153,8 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
         except OSError as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for rel, outcome, detail in pool.map(one, _bounded(wanted(), limit)):
-            if outcome == "uploaded":
-                report.uploaded += 1
-                report.bytes_uploaded += int(detail)
-            elif outcome == "skipped":
-                report.skipped += 1
-            else:
-                report.failed[rel] = str(detail)
+    for rel, outcome, detail in bounded_map(one, take(wanted(), limit), workers):
+        report.record(rel, outcome, detail)
     log.info(
         "sync %s -> %s: %d copied, %d unchanged, %d failed, %d hidden names ignored",
         source,

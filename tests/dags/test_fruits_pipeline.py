@@ -30,7 +30,7 @@ def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports()
         "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'boto3') if m in sys.modules]\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'pandas') if m in sys.modules]\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
         f" 'dags': bag.dag_ids, 'heavy': heavy}}))\n"
     )

@@ -1,0 +1,218 @@
+"""EMR as data: the job-flow spec and the Spark steps are plain dicts built by pure functions.
+
+Plus the one piece of behaviour the provider's sensor lacks: a wait sized to the number of
+images, and the failed step's reason and stderr tail in the task log.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+
+from orchard import steps
+from orchard.config import Settings
+from orchard.layout import slug
+
+NODE_PYTHON = "/usr/bin/python3.11"
+
+
+def job_flow_spec(
+    settings: Settings,
+    *,
+    run_id: str,
+    dag_id: str,
+    bootstrap_uri: str,
+    requirements_uri: str,
+    instance_type: str,
+    core_instances: int,
+) -> dict[str, Any]:
+    """RunJobFlow request for one pipeline run: a transient cluster that waits for its steps."""
+    core_market = "SPOT" if settings.emr_core_spot else "ON_DEMAND"
+    instances: dict[str, Any] = {
+        "InstanceGroups": [
+            {
+                "Name": "primary",
+                "InstanceRole": "MASTER",
+                "Market": "ON_DEMAND",
+                "InstanceType": instance_type,
+                "InstanceCount": 1,
+            },
+            {
+                "Name": "core",
+                "InstanceRole": "CORE",
+                "Market": core_market,
+                "InstanceType": instance_type,
+                "InstanceCount": core_instances,
+            },
+        ],
+        # Steps are added one at a time after the cluster starts: it must not end in between.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if settings.emr_subnet_id:
+        instances["Ec2SubnetId"] = settings.emr_subnet_id
+    spec: dict[str, Any] = {
+        "Name": f"orchard-{slug(run_id)}"[:256],
+        "ReleaseLabel": settings.emr_release,
+        "Applications": [{"Name": "Spark"}, {"Name": "Hadoop"}],
+        "LogUri": settings.emr_log_uri,
+        "VisibleToAllUsers": True,
+        "ServiceRole": settings.emr_service_role,
+        "JobFlowRole": settings.emr_instance_profile,
+        "EbsRootVolumeSize": settings.emr_root_volume_gb,
+        "StepConcurrencyLevel": 1,
+        # The backstop when Airflow itself dies: an idle cluster terminates on its own.
+        "AutoTerminationPolicy": {"IdleTimeout": settings.emr_idle_timeout},
+        "BootstrapActions": [
+            {
+                "Name": "install-python-deps",
+                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [requirements_uri]},
+            }
+        ],
+        "Configurations": [
+            {
+                "Classification": "spark-env",
+                "Configurations": [
+                    {
+                        "Classification": "export",
+                        "Properties": {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON},
+                    }
+                ],
+            },
+            {"Classification": "spark-defaults", "Properties": step_conf()},
+        ],
+        "Instances": instances,
+        "Tags": [
+            {"Key": "project", "Value": "orchard"},
+            {"Key": "dag_id", "Value": dag_id},
+            {"Key": "dag_run_id", "Value": run_id[:256]},
+        ],
+    }
+    if settings.emr_security_configuration:
+        spec["SecurityConfiguration"] = settings.emr_security_configuration
+    return spec
+
+
+def step_conf() -> dict[str, str]:
+    """Spark configuration of the steps on EMR: the common one plus the nodes' Python."""
+    return {
+        **steps.spark_conf(),
+        "spark.pyspark.python": NODE_PYTHON,
+        "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
+        "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
+        # TensorFlow lives outside the JVM heap, in the Python workers: reserve room for it.
+        "spark.executor.memoryOverhead": "3g",
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "1",
+    }
+
+
+def spark_step(name: str, script: Any, args: Sequence[Any], *, py_files: Any) -> dict[str, Any]:
+    """An EMR step that spark-submits `script` in cluster mode; a failure cancels later steps."""
+    submit = ["spark-submit", "--deploy-mode", "cluster", "--py-files", py_files]
+    for key, value in step_conf().items():
+        submit += ["--conf", f"{key}={value}"]
+    return {
+        "Name": name,
+        "ActionOnFailure": "CANCEL_AND_WAIT",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": [*submit, script, *args]},
+    }
+
+
+def first_step_id(add_steps_task_id: str) -> str:
+    """The id of the one step an EmrAddStepsOperator added (it returns a list of ids)."""
+    return f"{{{{ ti.xcom_pull(task_ids='{add_steps_task_id}')[0] }}}}"
+
+
+def step_timeout(images: int, *, base_seconds: int, seconds_per_image: float) -> int:
+    """Seconds to wait for a step over `images` images: a fixed part plus a per-image part."""
+    return int(base_seconds + math.ceil(max(images, 0) * seconds_per_image))
+
+
+def stderr_tail(s3_client: Any, log_uri: str, cluster_id: str, step_id: str, lines: int = 40,
+                attempts: int = 10, delay: float = 15.0) -> str | None:  # fmt: skip
+    """The last lines of a step's stderr from the cluster's log URI, waiting while EMR uploads it."""
+    bucket, _, prefix = log_uri.removeprefix("s3://").partition("/")
+    key = f"{prefix.rstrip('/')}/{cluster_id}/steps/{step_id}/stderr.gz".lstrip("/")
+    for attempt in range(attempts):
+        try:
+            body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3_client.exceptions.NoSuchKey:
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+            continue
+        text = gzip.decompress(body).decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+    return None
+
+
+class ImageStepSensor(EmrStepSensor):
+    """EmrStepSensor whose wait grows with the number of images, and that explains a failure."""
+
+    template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "images")
+
+    def __init__(
+        self,
+        *,
+        images: Any,
+        log_uri: str,
+        base_seconds: int,
+        seconds_per_image: float,
+        log_wait_attempts: int = 10,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.images = images
+        self.log_uri = log_uri
+        self.base_seconds = base_seconds
+        self.seconds_per_image = seconds_per_image
+        self.log_wait_attempts = log_wait_attempts
+
+    def execute(self, context: Mapping[str, Any]) -> None:
+        """Size the wait from the image count, then wait (deferred) for the step."""
+        budget = step_timeout(
+            int(self.images), base_seconds=self.base_seconds, seconds_per_image=self.seconds_per_image
+        )
+        self.timeout = budget
+        self.max_attempts = max(1, math.ceil(budget / self.poke_interval))
+        self.log.info("Waiting up to %d s for step %s (%s images)", budget, self.step_id, self.images)
+        try:
+            return super().execute(context)
+        except Exception:
+            self.log_failure()
+            raise
+
+    def execute_complete(self, context: Mapping[str, Any], event: dict[str, Any] | None = None) -> None:
+        """Resume after the trigger; on failure, log why before failing."""
+        try:
+            return super().execute_complete(context, event)
+        except Exception:
+            self.log_failure()
+            raise
+
+    def log_failure(self) -> None:
+        """Log the step's state, failure details and stderr tail (best effort: never masks the error)."""
+        try:
+            step = self.hook.conn.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
+            status = step["Status"]
+            details = status.get("FailureDetails", {})
+            self.log.error(
+                "EMR step %s (%s) is %s: %s %s (log file: %s)",
+                self.step_id, step.get("Name"), status.get("State"), details.get("Reason", ""),
+                details.get("Message", ""), details.get("LogFile", "-"),
+            )  # fmt: skip
+            s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
+            tail = stderr_tail(
+                s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts
+            )
+            if tail is None:
+                self.log.error("No stderr of step %s under %s yet", self.step_id, self.log_uri)
+            else:
+                self.log.error("Last lines of the step's stderr:\n%s", tail)
+        except Exception as exc:  # diagnostics must not replace the real failure
+            self.log.warning("Could not read the failed step's diagnostics: %s", exc)

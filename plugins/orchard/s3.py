@@ -1,0 +1,228 @@
+"""The lake on S3: image sync with content hashes, encrypted writes, and a server-side CSV merge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+from orchard.storage import SyncReport, bounded_map, check_source, is_hidden, list_source, take
+
+log = logging.getLogger(__name__)
+
+# S3's smallest multipart part, except for the last one.
+MIN_PART = 5 * 1024 * 1024
+HEADER = "header"
+SHA256_META = "sha256"
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key or prefix without trailing slash) of an s3:// URI."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key.rstrip("/")
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Fail with a clear message when the bucket is missing or not ours to use."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except client.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchBucket", "NotFound"}:
+            raise FileNotFoundError(f"S3 bucket {bucket!r} does not exist (create it first)") from exc
+        if code in {"403", "AccessDenied", "Forbidden"}:
+            raise PermissionError(
+                f"access to S3 bucket {bucket!r} is forbidden for these credentials"
+            ) from exc
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def existing_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
+    """Relative key -> size of the objects under a prefix (one listing, 1,000 keys a page)."""
+    sizes = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for obj in page.get("Contents", []):
+            sizes[obj["Key"][len(prefix) + 1 :]] = obj["Size"]
+    return sizes
+
+
+def sync_to_s3(
+    source: Path,
+    dest_uri: str,
+    client: Any,
+    encryption: Mapping[str, str],
+    limit: int | None = None,
+    workers: int = 16,
+) -> SyncReport:
+    """Upload the files below `source` under `dest_uri`, skipping objects with equal size and SHA-256.
+
+    Parallel (boto3's transfer manager per file, `workers` files at a time), streaming the
+    listing, with every object encrypted (`encryption`) and its SHA-256 kept in its metadata.
+    """
+    check_source(source)
+    bucket, prefix = split_uri(dest_uri)
+    check_bucket(client, bucket)
+    sizes = existing_sizes(client, bucket, prefix)
+    transfer = TransferConfig(max_concurrency=4, multipart_threshold=64 * 1024 * 1024)
+    report = SyncReport()
+
+    def one(rel: str) -> tuple[str, str, int | str]:
+        path, key = source / rel, f"{prefix}/{rel}"
+        try:
+            size, digest = path.stat().st_size, file_sha256(path)
+            if sizes.get(rel) == size:
+                head = client.head_object(Bucket=bucket, Key=key)
+                if head.get("Metadata", {}).get(SHA256_META) == digest:
+                    return rel, "skipped", 0
+            extra = {**encryption, "Metadata": {SHA256_META: digest}}
+            client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=transfer)
+            return rel, "uploaded", size
+        except (OSError, client.exceptions.ClientError) as exc:
+            return rel, "failed", f"{type(exc).__name__}: {exc}"
+
+    def wanted() -> Iterator[str]:
+        for rel in list_source(source):
+            if is_hidden(rel):
+                report.ignored.append(rel)
+            else:
+                yield rel
+
+    for rel, outcome, detail in bounded_map(one, take(wanted(), limit), workers):
+        report.record(rel, outcome, detail)
+    log.info(
+        "sync %s -> %s: %d uploaded, %d unchanged, %d failed, %d hidden names ignored",
+        source, dest_uri, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
+    )  # fmt: skip
+    return report
+
+
+def plan_merge(header_len: int, objects: Iterable[tuple[str, int]], min_part: int = MIN_PART) -> list:
+    """Multipart plan for header + objects: ("copy", (key, start, end)) parts copied inside S3,
+    ("upload", [pieces]) parts assembled from small pieces; every part but the last >= min_part.
+    """
+    parts: list = []
+    buffer: list[tuple[str, int, int]] = [(HEADER, 0, header_len)]
+    buffered = header_len
+    for key, size in objects:
+        if size == 0:
+            continue
+        start = 0
+        if 0 < buffered < min_part:
+            start = min(size, min_part - buffered)
+            buffer.append((key, 0, start))
+            buffered += start
+        if start == size:
+            continue
+        if buffered >= min_part:
+            parts.append(("upload", buffer))
+            buffer, buffered = [], 0
+        if size - start >= min_part:
+            parts.append(("copy", (key, start, size)))
+        else:
+            buffer.append((key, start, size))
+            buffered += size - start
+    if buffer:
+        parts.append(("upload", buffer))
+    return parts
+
+
+def merge_csv(
+    client: Any, header: Iterable[str], parts_uri: str, dest_uri: str, encryption: Mapping[str, str]
+) -> dict:
+    """One CSV object: header + the part files in name order, copied inside S3 where they are large.
+
+    Only pieces smaller than a multipart part (at most ~2 x 5 MiB at a time) pass through this
+    process. Returns how many bytes were copied server-side and how many were sent from here.
+    """
+    bucket, parts_prefix = split_uri(parts_uri)
+    dest_bucket, dest_key = split_uri(dest_uri)
+    header_bytes = (",".join(header) + "\n").encode("utf-8")
+    objects = sorted(
+        (obj["Key"], obj["Size"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{parts_prefix}/")
+        for obj in page.get("Contents", [])
+        if obj["Key"].rsplit("/", 1)[-1].startswith("part-")
+    )
+    plan = plan_merge(len(header_bytes), objects)
+    upload = client.create_multipart_upload(
+        Bucket=dest_bucket, Key=dest_key, ContentType="text/csv", **encryption
+    )
+    stats = {"parts": len(plan), "bytes_copied_in_s3": 0, "bytes_sent": 0}
+    try:
+        done = []
+        for number, (kind, what) in enumerate(plan, start=1):
+            common = {
+                "Bucket": dest_bucket,
+                "Key": dest_key,
+                "UploadId": upload["UploadId"],
+                "PartNumber": number,
+            }
+            if kind == "copy":
+                key, start, end = what
+                result = client.upload_part_copy(
+                    **common,
+                    CopySource={"Bucket": bucket, "Key": key},
+                    CopySourceRange=f"bytes={start}-{end - 1}",
+                )
+                etag = result["CopyPartResult"]["ETag"]
+                stats["bytes_copied_in_s3"] += end - start
+            else:
+                body = b"".join(
+                    header_bytes[start:end]
+                    if key == HEADER
+                    else client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")[
+                        "Body"
+                    ].read()
+                    for key, start, end in what
+                )
+                etag = client.upload_part(**common, Body=body)["ETag"]
+                stats["bytes_sent"] += len(body)
+            done.append({"PartNumber": number, "ETag": etag})
+        client.complete_multipart_upload(
+            Bucket=dest_bucket, Key=dest_key, UploadId=upload["UploadId"], MultipartUpload={"Parts": done}
+        )
+    except BaseException:
+        client.abort_multipart_upload(Bucket=dest_bucket, Key=dest_key, UploadId=upload["UploadId"])
+        raise
+    return stats
+
+
+def read_json(client: Any, uri: str) -> dict:
+    """A small JSON object from S3."""
+    bucket, key = split_uri(uri)
+    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def write_json(client: Any, uri: str, payload: Mapping[str, Any], encryption: Mapping[str, str]) -> None:
+    """A small JSON object to S3, encrypted."""
+    bucket, key = split_uri(uri)
+    body = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **encryption)
+
+
+def upload_files(
+    client: Any, files: Mapping[str, Path], dest_uri: str, encryption: Mapping[str, str]
+) -> dict[str, str]:
+    """Upload named local files under a prefix; returns name -> s3:// URI."""
+    bucket, prefix = split_uri(dest_uri)
+    uris = {}
+    for name, path in files.items():
+        client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs=dict(encryption))
+        uris[name] = f"s3://{bucket}/{prefix}/{name}"
+    return uris

@@ -1,0 +1,156 @@
+"""The EMR job-flow spec and steps as data, accepted by botocore (moto); the bootstrap script."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from orchard import emr
+from orchard.config import Settings
+from tests.conftest import ROOT
+
+SETTINGS = Settings.from_env({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://orchard-lake/prod"})
+
+
+def spec(settings: Settings = SETTINGS, **overrides) -> dict:
+    args = {
+        "run_id": "manual__2026-11-21T10:00:00+00:00",
+        "dag_id": "fruits_pipeline",
+        "bootstrap_uri": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
+        "requirements_uri": "s3://orchard-lake/prod/artifacts/abc/requirements.txt",
+        "instance_type": "m5.xlarge",
+        "core_instances": 2,
+    }
+    return emr.job_flow_spec(settings, **{**args, **overrides})
+
+
+def test_spec_defaults():
+    flow = spec()
+    assert flow["ReleaseLabel"] == "emr-7.14.0"
+    assert flow["Applications"] == [{"Name": "Spark"}, {"Name": "Hadoop"}]
+    assert flow["LogUri"] == "s3://orchard-lake/prod/emr-logs/"
+    assert flow["AutoTerminationPolicy"] == {"IdleTimeout": 1800}
+    assert flow["StepConcurrencyLevel"] == 1
+    assert flow["VisibleToAllUsers"] is True
+    assert flow["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert "Ec2KeyName" not in flow["Instances"]
+    assert flow["BootstrapActions"] == [
+        {
+            "Name": "install-python-deps",
+            "ScriptBootstrapAction": {
+                "Path": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
+                "Args": ["s3://orchard-lake/prod/artifacts/abc/requirements.txt"],
+            },
+        }
+    ]
+    groups = {g["InstanceRole"]: g for g in flow["Instances"]["InstanceGroups"]}
+    assert groups["MASTER"]["InstanceCount"] == 1
+    assert (groups["CORE"]["InstanceCount"], groups["CORE"]["Market"]) == (2, "ON_DEMAND")
+    spark_env = flow["Configurations"][0]["Configurations"][0]["Properties"]
+    assert spark_env["PYSPARK_PYTHON"] == "/usr/bin/python3.11"
+    tags = {t["Key"]: t["Value"] for t in flow["Tags"]}
+    assert tags == {
+        "project": "orchard",
+        "dag_id": "fruits_pipeline",
+        "dag_run_id": "manual__2026-11-21T10:00:00+00:00",
+    }
+    assert (flow["ServiceRole"], flow["JobFlowRole"]) == ("EMR_DefaultRole", "EMR_EC2_DefaultRole")
+    assert "SecurityConfiguration" not in flow
+
+
+def test_spec_options_from_configuration():
+    settings = Settings.from_env(
+        {
+            "ORCHARD_TARGET": "emr",
+            "ORCHARD_LAKE": "s3://b/l",
+            "ORCHARD_EMR_CORE_SPOT": "true",
+            "ORCHARD_EMR_SUBNET_ID": "subnet-123",
+            "ORCHARD_EMR_SECURITY_CONFIGURATION": "orchard-at-rest",
+            "ORCHARD_EMR_RELEASE": "emr-7.9.0",
+            "ORCHARD_EMR_IDLE_TIMEOUT": "600",
+        }
+    )
+    flow = spec(settings, instance_type="r5.2xlarge", core_instances=5)
+    core = flow["Instances"]["InstanceGroups"][1]
+    assert (core["Market"], core["InstanceType"], core["InstanceCount"]) == ("SPOT", "r5.2xlarge", 5)
+    assert flow["Instances"]["Ec2SubnetId"] == "subnet-123"
+    assert flow["SecurityConfiguration"] == "orchard-at-rest"
+    assert flow["ReleaseLabel"] == "emr-7.9.0"
+    assert flow["AutoTerminationPolicy"] == {"IdleTimeout": 600}
+
+
+def test_emr_target_needs_an_s3_lake():
+    with pytest.raises(ValueError, match="needs an s3:// ORCHARD_LAKE"):
+        Settings.from_env({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "/tmp/lake"})
+
+
+def test_spark_step_is_a_cluster_mode_spark_submit():
+    step = emr.spark_step(
+        "orchard-pca", "s3://b/a/pca.py", ["--k", "5"], py_files="s3://b/a/orchard_jobs.zip"
+    )
+    assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
+    assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
+    args = step["HadoopJarStep"]["Args"]
+    assert args[:5] == ["spark-submit", "--deploy-mode", "cluster", "--py-files", "s3://b/a/orchard_jobs.zip"]
+    assert args[-3:] == ["s3://b/a/pca.py", "--k", "5"]
+    confs = dict(a.split("=", 1) for a in args[args.index("--conf") : -3] if a != "--conf")
+    assert confs["spark.pyspark.python"] == "/usr/bin/python3.11"
+    assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
+    assert "spark.executor.memoryOverhead" in confs
+
+
+def test_step_timeout_grows_with_images():
+    assert emr.step_timeout(0, base_seconds=600, seconds_per_image=0.1) == 600
+    assert emr.step_timeout(100_000, base_seconds=600, seconds_per_image=0.1) == 10_600
+    assert emr.first_step_id("add_pca_step") == "{{ ti.xcom_pull(task_ids='add_pca_step')[0] }}"
+
+
+@mock_aws
+def test_botocore_and_moto_accept_the_spec_and_steps():
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = client.run_job_flow(**spec())["JobFlowId"]
+    step = emr.spark_step(
+        "orchard-featurize", "s3://b/a/featurize.py", ["--limit", "0"], py_files="s3://b/a/j.zip"
+    )
+    step_ids = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"]
+    cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert cluster["ReleaseLabel"] == "emr-7.14.0"
+    assert cluster["LogUri"] == "s3://orchard-lake/prod/emr-logs/"
+    described = client.describe_step(ClusterId=cluster_id, StepId=step_ids[0])["Step"]
+    assert described["Config"]["Args"][-2:] == ["--limit", "0"]
+
+
+def test_bootstrap_script_passes_shellcheck():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (make test installs it with apt when run as root)")
+    script = ROOT / "bootstrap" / "install-python-deps.sh"
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert not re.search(r"(?i)(aws_secret|aws_access_key|password)", text)
+
+
+def test_bootstrap_requirements_use_the_project_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = dict(r.split("==", 1) for r in project)
+    nodes = [
+        line.split("==", 1)
+        for line in (ROOT / "bootstrap" / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert nodes, "bootstrap/requirements.txt is empty"
+    for name, version in nodes:
+        assert "==" not in version and version, name
+        if name in pins:
+            assert pins[name] == version, name
+    assert {"tensorflow-cpu", "pillow", "pyarrow", "pandas", "numpy"} <= {n for n, _ in nodes}
+    assert "pyspark" not in {n for n, _ in nodes}  # EMR brings its own Spark
