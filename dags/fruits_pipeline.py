@@ -278,7 +278,7 @@ with DAG(
         export = export_csv(upload)
         terminate_cluster = EmrTerminateJobFlowOperator(
             task_id="terminate_cluster", job_flow_id=create_cluster.output, **AWS
-        ).as_teardown(setups=create_cluster, on_failure_fail_dagrun=True)
+        ).as_teardown(setups=create_cluster)
         add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
 
 

@@ -1,0 +1,236 @@
+"""The emr target end to end against moto's threaded server, with the provider's real operators.
+
+moto accepts EMR calls but never runs steps. `EmrStandIn` plays the cluster: it takes each step
+exactly as submitted (staged script, --py-files zip, arguments), runs it with local spark-submit
+on a mirror of the bucket, writes the outputs back to S3 and marks the step COMPLETED; or marks
+it FAILED with a stderr log where the real EMR would put one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+import requests
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.emr.models import emr_backends
+from moto.server import ThreadedMotoServer
+
+from orchard.emr import NODE_PYTHON
+from orchard.samples import generate
+from tests.conftest import ROOT
+from tests.imagefactory import truncated_jpeg
+
+pytestmark = pytest.mark.e2e
+
+REGION = "eu-west-1"
+BUCKET = "orchard-test-lake"
+LAKE = f"s3://{BUCKET}/lake"
+STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps({"conn_type": "aws", "extra": {"endpoint_url": url, "region_name": REGION}}),
+    )
+    for key, value in {
+        "ORCHARD_TARGET": "emr",
+        "ORCHARD_LAKE": LAKE,
+        "ORCHARD_AWS_REGION": REGION,
+        "ORCHARD_EMR_POLL_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    requests.post(f"{url}/moto-api/reset", timeout=10)  # backends are process-wide: start empty
+    s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    yield s3
+    requests.post(f"{url}/moto-api/reset", timeout=10)
+    server.stop()
+
+
+def clusters() -> dict:
+    """Every cluster moto holds (its server files EMR calls to an endpoint_url under us-east-1)."""
+    return {
+        cid: c for backend in emr_backends[DEFAULT_ACCOUNT_ID].values() for cid, c in backend.clusters.items()
+    }
+
+
+class EmrStandIn(threading.Thread):
+    """Runs (or fails) the steps moto receives; see the module docstring."""
+
+    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = ()):
+        super().__init__(daemon=True)
+        self.s3, self.workdir, self.fail = s3, workdir, fail
+        self.done = threading.Event()
+        self.handled: set[str] = set()
+        self.errors: list[str] = []
+
+    def run(self):
+        while not self.done.is_set():
+            for cluster in list(clusters().values()):
+                for step in list(cluster.steps):
+                    if step.id not in self.handled and step.state in {"PENDING", "RUNNING"}:
+                        self.handled.add(step.id)
+                        try:
+                            self.execute(cluster, step)
+                        except Exception as exc:  # surfaced by the test, never swallowed
+                            self.errors.append(repr(exc))
+                            step.state = "FAILED"
+            time.sleep(0.2)
+
+    def execute(self, cluster, step):
+        if step.name in self.fail:
+            log_prefix = cluster.log_uri.removeprefix(f"s3://{BUCKET}/").rstrip("/")
+            log = f"INFO starting\nTraceback (most recent call last):\n{STDERR_TAIL}\n"
+            self.s3.put_object(
+                Bucket=BUCKET,
+                Key=f"{log_prefix}/{cluster.id}/steps/{step.id}/stderr.gz",
+                Body=gzip.compress(log.encode()),
+            )
+            step.state = "FAILED"
+            return
+        step.state = "RUNNING"
+        mirror = self.workdir / "mirror"
+        self.sync_down(mirror)
+
+        def local(arg: str) -> str:
+            return arg.replace(f"s3://{BUCKET}/", f"file://{mirror}/")
+
+        args = list(step.args)
+        assert args[:4] == ["spark-submit", "--deploy-mode", "cluster", "--py-files"], args
+        command = [
+            "spark-submit",
+            "--master",
+            "local[2]",
+            "--py-files",
+            local(args[4]).removeprefix("file://"),
+        ]
+        rest = args[5:]
+        while rest[0] == "--conf":
+            command += ["--conf", rest[1].replace(NODE_PYTHON, sys.executable)]
+            rest = rest[2:]
+        command += [local(rest[0]).removeprefix("file://"), *[local(a) for a in rest[1:]]]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the zip must carry the modules
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"step {step.name} failed locally:\n{result.stderr[-3000:]}")
+        self.sync_up(mirror)
+        step.state = "COMPLETED"
+
+    def sync_down(self, mirror: Path):
+        self.present = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for obj in page.get("Contents", []):
+                self.present.add(obj["Key"])
+                target = mirror / obj["Key"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(BUCKET, obj["Key"], str(target))
+
+    def sync_up(self, mirror: Path):
+        """What the step wrote, encrypted as S3's default bucket encryption (SSE-S3) would."""
+        for path in mirror.rglob("*"):
+            key = path.relative_to(mirror).as_posix()
+            if path.is_file() and key not in self.present:
+                self.s3.upload_file(str(path), BUCKET, key, ExtraArgs={"ServerSideEncryption": "AES256"})
+
+
+def load_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["fruits_pipeline"]
+
+
+def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(airflow_db, moto_server, tmp_path):
+    s3 = moto_server
+    source = tmp_path / "images"
+    generate(source, per_class=4, seed=8)
+    (source / "Kiwi" / "broken.jpg").write_bytes(truncated_jpeg())
+    from orchard_jobs.model import build_model, random_weights
+
+    weights_file = tmp_path / "mobilenet_v2.weights.h5"
+    model = build_model(None)
+    model.set_weights(random_weights(9))
+    model.save_weights(weights_file)
+
+    stand_in = EmrStandIn(s3, tmp_path)
+    stand_in.start()
+    try:
+        run = load_dag().test(
+            run_conf={"source": str(source), "weights": str(weights_file), "pca_k": 3, "core_instances": 3}
+        )
+    finally:
+        stand_in.done.set()
+    assert stand_in.errors == []
+    assert run.state == "success"
+
+    (cluster,) = clusters().values()
+    assert cluster.state == "TERMINATED"
+    assert cluster.release_label == "emr-7.14.0"
+    assert [s.name for s in cluster.steps] == ["orchard-featurize", "orchard-pca"]
+    featurize_args = cluster.steps[0].args
+    weights_arg = featurize_args[featurize_args.index("--weights") + 1]
+    assert weights_arg.startswith(f"{LAKE}/artifacts/weights/") and weights_arg.endswith(".weights.h5")
+    assert featurize_args[featurize_args.index("--py-files") + 1].endswith("/orchard_jobs.zip")
+
+    latest = json.loads(s3.get_object(Bucket=BUCKET, Key="lake/latest.json")["Body"].read())
+    manifest = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=latest["manifest"].removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    )
+    assert manifest["counts"]["featurized"] == 24
+    assert manifest["counts"]["quarantined"] == 1
+    # The stand-in ran the step on a local mirror of the bucket: same key, local prefix.
+    assert manifest["weights"]["used"].endswith(weights_arg.removeprefix(f"s3://{BUCKET}/"))
+    assert manifest["weights"]["meaningful"]
+    csv_key = latest["csv"].removeprefix(f"s3://{BUCKET}/")
+    head = s3.head_object(Bucket=BUCKET, Key=csv_key)
+    assert head["ServerSideEncryption"] == "AES256"
+    table = pd.read_csv(s3.get_object(Bucket=BUCKET, Key=csv_key)["Body"])
+    assert list(table.columns) == ["path", "label", "pc_1", "pc_2", "pc_3"]
+    assert len(table) == 24
+
+    # Uploaded images are encrypted and a re-run would skip them.
+    image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]
+    assert len(image_keys) == 25
+    assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
+
+
+def test_failed_featurize_step_fails_the_run_and_still_terminates(airflow_db, moto_server, tmp_path, capfd):
+    source = tmp_path / "images"
+    generate(source, per_class=2, seed=1)
+    stand_in = EmrStandIn(moto_server, tmp_path, fail=("orchard-featurize",))
+    stand_in.start()
+    try:
+        run = load_dag().test(run_conf={"source": str(source), "weights": "random"})
+    finally:
+        stand_in.done.set()
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["wait_featurize"] == "failed"
+    assert states["add_pca_step"] == "upstream_failed"
+    assert states["terminate_cluster"] == "success"
+
+    (cluster,) = clusters().values()
+    assert [s.name for s in cluster.steps] == ["orchard-featurize"]  # PCA never added
+    assert cluster.state == "TERMINATED"
+    output = capfd.readouterr()
+    assert STDERR_TAIL in output.out + output.err
