@@ -36,6 +36,27 @@ REGION = "eu-west-1"
 BUCKET = "orchard-test-lake"
 LAKE = f"s3://{BUCKET}/lake"
 STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
+POLICY = ROOT / "plugins" / "orchard" / "aws" / "airflow-iam-policy.json"
+# IAM actions an operation needs, where it is not simply "<service>:<operation>".
+S3_ACTIONS = {
+    "HeadBucket": {"s3:ListBucket"},
+    "ListObjectsV2": {"s3:ListBucket"},
+    "HeadObject": {"s3:GetObject"},
+    "CreateMultipartUpload": {"s3:PutObject"},
+    "UploadPart": {"s3:PutObject"},
+    "UploadPartCopy": {"s3:PutObject", "s3:GetObject"},
+    "CompleteMultipartUpload": {"s3:PutObject"},
+}
+IAM_PREFIX = {"emr": "elasticmapreduce"}
+# In the policy although no moto run calls them: what real AWS checks and moto does not, and
+# the clean-up of a failed CSV merge.
+NOT_EXERCISED = {
+    "iam:PassRole": "RunJobFlow passes the service role and instance profile",
+    "elasticmapreduce:AddTags": "RunJobFlow with Tags",
+    "kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
+    "kms:Decrypt": "reads and multipart uploads with SSE-KMS",
+    "s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
+}
 
 
 @pytest.fixture
@@ -64,6 +85,49 @@ def moto_server(monkeypatch):
     yield s3
     requests.post(f"{url}/moto-api/reset", timeout=10)
     server.stop()
+
+
+@pytest.fixture
+def api_calls(monkeypatch):
+    """(service, operation) of every AWS call the pipeline makes (sync and async clients)."""
+    import aiobotocore.client
+    import botocore.client
+
+    calls: set[tuple[str, str]] = set()
+    ignored: list = []  # clients of the test itself
+    sync_call = botocore.client.BaseClient._make_api_call
+    async_call = aiobotocore.client.AioBaseClient._make_api_call
+
+    def record(client, operation):
+        if not any(client is c for c in ignored):
+            calls.add((client.meta.service_model.service_name, operation))
+
+    def sync_recording(self, operation, params):
+        record(self, operation)
+        return sync_call(self, operation, params)
+
+    async def async_recording(self, operation, params):
+        record(self, operation)
+        return await async_call(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", sync_recording)
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", async_recording)
+    return calls, ignored
+
+
+def iam_actions(calls: set[tuple[str, str]]) -> set[str]:
+    actions = set()
+    for service, operation in calls:
+        if service == "s3":
+            actions |= S3_ACTIONS.get(operation, {f"s3:{operation}"})
+        else:
+            actions.add(f"{ {'emr': 'elasticmapreduce'}.get(service, service) }:{operation}")
+    return actions
+
+
+def policy_actions() -> set[str]:
+    statements = json.loads(POLICY.read_text())["Statement"]
+    return {action for st in statements if st["Effect"] == "Allow" for action in st["Action"]}
 
 
 def clusters() -> dict:
@@ -160,8 +224,12 @@ def load_dag():
     return bag.dags["fruits_pipeline"]
 
 
-def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(airflow_db, moto_server, tmp_path):
+def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
+    airflow_db, moto_server, tmp_path, api_calls
+):
     s3 = moto_server
+    calls, ignored = api_calls
+    ignored.append(s3)
     source = tmp_path / "images"
     generate(source, per_class=4, seed=8)
     (source / "Kiwi" / "broken.jpg").write_bytes(truncated_jpeg())
@@ -173,6 +241,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(airflow_db, 
     model.save_weights(weights_file)
 
     stand_in = EmrStandIn(s3, tmp_path)
+    ignored.append(stand_in.s3)
     stand_in.start()
     try:
         run = load_dag().test(
@@ -208,13 +277,22 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(airflow_db, 
     assert list(table.columns) == ["path", "label", "pc_1", "pc_2", "pc_3"]
     assert len(table) == 24
 
+    # The least-privilege policy names what the run called, and nothing else but the documented rest.
+    used = iam_actions(calls)
+    assert used <= policy_actions(), used - policy_actions()
+    assert policy_actions() - used == set(NOT_EXERCISED)
+
     # Uploaded images are encrypted and a re-run would skip them.
     image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]
     assert len(image_keys) == 25
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
 
-def test_failed_featurize_step_fails_the_run_and_still_terminates(airflow_db, moto_server, tmp_path, capfd):
+def test_failed_featurize_step_fails_the_run_and_still_terminates(
+    airflow_db, moto_server, tmp_path, capfd, api_calls
+):
+    calls, ignored = api_calls
+    ignored.append(moto_server)
     source = tmp_path / "images"
     generate(source, per_class=2, seed=1)
     stand_in = EmrStandIn(moto_server, tmp_path, fail=("orchard-featurize",))
@@ -234,3 +312,4 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(airflow_db, mo
     assert cluster.state == "TERMINATED"
     output = capfd.readouterr()
     assert STDERR_TAIL in output.out + output.err
+    assert iam_actions(calls) <= policy_actions()
