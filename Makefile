@@ -26,7 +26,7 @@ export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint venv java shellcheck lock clean
+.PHONY: demo test test-spark35 lint venv java shellcheck lock clean
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
@@ -35,6 +35,24 @@ demo: venv java
 
 test: venv java shellcheck lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Spark jobs' tests again on the Spark line of EMR 7.x (pyspark 3.5), with the cluster nodes'
+# pinned requirements: code that only runs on the local pyspark would fail on EMR.
+SPARK35_VENV := .venv-spark35
+SPARK35_STAMP := $(SPARK35_VENV)/.installed-stamp
+EMR_PYSPARK := 3.5.9
+
+test-spark35: $(SPARK35_STAMP) java
+	$(SPARK35_VENV)/bin/python -c "import pyspark; assert pyspark.__version__ == '$(EMR_PYSPARK)', pyspark.__version__"
+	PYTHONPATH=$(CURDIR)/plugins:$(CURDIR)/spark_jobs PYSPARK_PYTHON=$(CURDIR)/$(SPARK35_VENV)/bin/python \
+	  $(SPARK35_VENV)/bin/python -m pytest -p no:cacheprovider tests/spark_jobs $(PYTEST_ARGS)
+
+$(SPARK35_STAMP): bootstrap/requirements.txt
+	$(PYTHON) -m venv $(SPARK35_VENV)
+	$(SPARK35_VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
+	$(SPARK35_VENV)/bin/python -m pip install --quiet -r bootstrap/requirements.txt \
+	  "pyspark==$(EMR_PYSPARK)" "pytest==9.2.0" "scikit-learn==1.9.1"
+	@touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check dags plugins spark_jobs tests
@@ -80,4 +98,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .airflow lake data/sample .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SPARK35_VENV) .airflow lake data/sample .pytest_cache .ruff_cache
