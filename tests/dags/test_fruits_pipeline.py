@@ -23,20 +23,50 @@ def dag():
     return bag.dags[DAG_ID]
 
 
-def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports():
-    # A clean interpreter with no AIRFLOW_CONN_*, no ORCHARD_* and an empty Airflow home.
+EMR_GRAPH = {
+    "stage_artifacts": [],
+    "upload_images": [],
+    "create_cluster": ["stage_artifacts", "upload_images"],
+    "add_featurize_step": ["create_cluster", "stage_artifacts", "upload_images"],
+    "wait_featurize": ["add_featurize_step", "create_cluster", "upload_images"],
+    "add_pca_step": ["create_cluster", "stage_artifacts", "upload_images", "wait_featurize"],
+    "wait_pca": ["add_pca_step", "create_cluster", "upload_images"],
+    "export_csv": ["upload_images", "wait_pca"],
+    "terminate_cluster": ["create_cluster", "export_csv"],
+}
+
+
+def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
+    """Parse the DAG folder in a new interpreter with no AIRFLOW_CONN_* and only `extra_env` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "ORCHARD_"))}
     script = (
         "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'pandas') if m in sys.modules]\n"
+        "dag = bag.dags.get('fruits_pipeline')\n"
+        "graph = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} if dag else {}\n"
+        "teardowns = [t.task_id for t in dag.tasks if t.is_teardown] if dag else []\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
-        f" 'dags': bag.dag_ids, 'heavy': heavy}}))\n"
+        " 'dags': bag.dag_ids, 'heavy': heavy, 'graph': graph, 'teardowns': teardowns}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"errors": {}, "dags": [DAG_ID], "heavy": []}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env={**env, **extra_env}, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports():
+    result = parse_in_clean_interpreter({})
+    assert (result["errors"], result["dags"], result["heavy"]) == ({}, [DAG_ID], [])
+    assert set(result["graph"]) == {"upload_images", "featurize", "pca", "export_csv"}
+
+
+def test_emr_target_renders_the_full_graph_with_no_connections():
+    result = parse_in_clean_interpreter({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://bucket/lake"})
+    assert (result["errors"], result["dags"], result["heavy"]) == ({}, [DAG_ID], [])
+    assert result["graph"] == EMR_GRAPH
+    assert result["teardowns"] == ["terminate_cluster"]
 
 
 def test_task_graph(dag):
