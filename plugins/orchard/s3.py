@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
-from orchard.storage import SyncReport, bounded_map, check_source, is_hidden, list_source, take
+from orchard.storage import SyncReport, sync_each
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,10 @@ def sync_to_s3(
     Parallel (boto3's transfer manager per file, `workers` files at a time), streaming the
     listing, with every object encrypted (`encryption`) and its SHA-256 kept in its metadata.
     """
-    check_source(source)
     bucket, prefix = split_uri(dest_uri)
     check_bucket(client, bucket)
     sizes = existing_sizes(client, bucket, prefix)
     transfer = TransferConfig(max_concurrency=4, multipart_threshold=64 * 1024 * 1024)
-    report = SyncReport()
 
     def one(rel: str) -> tuple[str, str, int | str]:
         path, key = source / rel, f"{prefix}/{rel}"
@@ -96,15 +94,7 @@ def sync_to_s3(
         except (OSError, client.exceptions.ClientError) as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
-    def wanted() -> Iterator[str]:
-        for rel in list_source(source):
-            if is_hidden(rel):
-                report.ignored.append(rel)
-            else:
-                yield rel
-
-    for rel, outcome, detail in bounded_map(one, take(wanted(), limit), workers):
-        report.record(rel, outcome, detail)
+    report = sync_each(source, one, limit, workers)
     log.info(
         "sync %s -> %s: %d uploaded, %d unchanged, %d failed, %d hidden names ignored",
         source, dest_uri, report.uploaded, report.skipped, len(report.failed), len(report.ignored),

@@ -130,11 +130,13 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
             yield pending.popleft().result()
 
 
-def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int = 8) -> SyncReport:
-    """Copy the files below `source` to `dest` (same relative paths), skipping unchanged ones.
+def sync_each(
+    source: Path, copy_one: Callable[[str], tuple[str, str, int | str]], limit: int | None, workers: int
+) -> SyncReport:
+    """Run `copy_one(relative path)` over the source's files on `workers` threads and count outcomes.
 
-    Unchanged means same size and modification time (copies keep the source's mtime), as rsync
-    decides. `limit` takes the first N files in listing order. Hidden names are reported, not copied.
+    `copy_one` returns (path, 'uploaded' | 'skipped' | 'failed', bytes or reason). Hidden names
+    are reported in `ignored`, not handed over. `limit` takes the first N files in listing order.
     """
     check_source(source)
     report = SyncReport()
@@ -146,6 +148,18 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
             else:
                 yield rel
 
+    for rel, outcome, detail in bounded_map(copy_one, take(wanted(), limit), workers):
+        report.record(rel, outcome, detail)
+    return report
+
+
+def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int = 8) -> SyncReport:
+    """Copy the files below `source` to `dest` (same relative paths), skipping unchanged ones.
+
+    Unchanged means same size and modification time (copies keep the source's mtime), as rsync
+    decides.
+    """
+
     def one(rel: str) -> tuple[str, str, int | str]:
         try:
             outcome, size = _copy(source / rel, dest / rel)
@@ -153,17 +167,11 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
         except OSError as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
-    for rel, outcome, detail in bounded_map(one, take(wanted(), limit), workers):
-        report.record(rel, outcome, detail)
+    report = sync_each(source, one, limit, workers)
     log.info(
         "sync %s -> %s: %d copied, %d unchanged, %d failed, %d hidden names ignored",
-        source,
-        dest,
-        report.uploaded,
-        report.skipped,
-        len(report.failed),
-        len(report.ignored),
-    )
+        source, dest, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
+    )  # fmt: skip
     return report
 
 
