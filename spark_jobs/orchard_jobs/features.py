@@ -41,14 +41,16 @@ QUARANTINE_TYPE = T.StructType(
 _FEATURIZERS: dict[int, Any] = {}
 
 
-def featurizer_for(broadcast: Any) -> Any:
-    """The process-wide Featurizer for a weights broadcast, built on first use."""
+def featurizer_for(broadcast: Any, builds: Any = None) -> Any:
+    """The process-wide Featurizer for a weights broadcast, built on first use (counted in `builds`)."""
     from orchard_jobs.model import Featurizer
 
     key = broadcast.id if hasattr(broadcast, "id") else id(broadcast)
     if key not in _FEATURIZERS:
         weights = broadcast.value if hasattr(broadcast, "value") else broadcast
         _FEATURIZERS[key] = Featurizer(weights)
+        if builds is not None:
+            builds.add(1)
         print(f"orchard: built MobileNetV2 in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
     return _FEATURIZERS[key]
 
@@ -121,12 +123,15 @@ def unread_files(spark: SparkSession, results: DataFrame, listed: list[str], roo
     return rows
 
 
-def featurize(files: DataFrame, root: str, weights: Any, partitions: int) -> DataFrame:
-    """(path, content) -> (path, label, features, reason): one row per file, relative paths."""
+def featurize(files: DataFrame, root: str, weights: Any, partitions: int, builds: Any = None) -> DataFrame:
+    """(path, content) -> (path, label, features, reason): one row per file, relative paths.
+
+    `builds`, an optional Spark accumulator, counts the models built (one per Python worker).
+    """
 
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        featurizer = featurizer_for(weights)
+        featurizer = featurizer_for(weights, builds)
         for paths, contents in batches:
             yield featurize_records(featurizer, root, paths, contents)
 

@@ -86,6 +86,20 @@ def test_labels_are_folder_names(outcome):
     assert labels["top level.png"] == "_unlabelled"
 
 
+def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir, weights):
+    uri = f"file://{image_dir}"
+    files, _ = features.read_images(spark, uri)
+    builds = spark.sparkContext.accumulator(0)
+    results = features.featurize(
+        files, uri, spark.sparkContext.broadcast(weights), partitions=6, builds=builds
+    )
+    # Collect the features themselves: a count or a partition id alone would prune the UDF away.
+    rows = results.select("features", F.spark_partition_id().alias("p")).collect()
+    assert len({r.p for r in rows}) == 6  # six tasks ran...
+    # ...on local[2]'s at most two reused Python workers: at most one model each.
+    assert 1 <= builds.value <= 2
+
+
 def test_limit_takes_the_first_paths(spark, image_dir):
     uri = f"file://{image_dir}"
     files, listed = features.read_images(spark, uri, limit=5)
