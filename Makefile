@@ -26,7 +26,7 @@ export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test test-spark35 lint venv java shellcheck lock clean
+.PHONY: demo test test-spark35 lint venv java shellcheck lock clean up down logs
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
@@ -88,6 +88,17 @@ shellcheck:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }; \
 	  else echo "shellcheck not found: its test will be skipped (Debian/Ubuntu: apt-get install shellcheck)"; fi; }
+
+# The docker-compose stack (Airflow + Postgres + MinIO + Spark local mode); needs Docker with compose.
+up:
+	docker compose up --build --detach
+	@echo "Airflow UI: http://localhost:$${AIRFLOW_PORT:-8080} (admin / admin); MinIO console: http://localhost:$${MINIO_CONSOLE_PORT:-9001}"
+
+down:
+	docker compose down
+
+logs:
+	docker compose logs --follow --tail=200
 
 # Re-resolve the full dependency tree from pyproject.toml's pins into constraints.txt.
 lock:

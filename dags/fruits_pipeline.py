@@ -129,9 +129,9 @@ with DAG(
         context = get_current_context()
         params = context["params"]
         source = Path(params["source"]).expanduser().resolve()
-        run = run_layout(settings.lake, source.name, context["run_id"])
+        run = run_layout(settings.spark_lake, source.name, context["run_id"])
         started = time.monotonic()
-        if settings.target == "emr":
+        if settings.lake_on_s3:
             from orchard.s3 import sync_to_s3
 
             report = sync_to_s3(source, run["images"], _s3_client(), settings.encryption, params["limit"])
@@ -150,7 +150,7 @@ with DAG(
         """One pcaFeatures.csv plus the run manifest; returns the CSV's URI."""
         from orchard.export import LocalLake, S3Lake, export_run
 
-        lake = S3Lake(_s3_client(), settings.encryption) if settings.target == "emr" else LocalLake()
+        lake = S3Lake(_s3_client(), settings.encryption) if settings.lake_on_s3 else LocalLake()
         export_run(lake, settings.lake, get_current_context()["run_id"], run, run["sync"])
         return run["csv"]
 
@@ -163,7 +163,7 @@ with DAG(
             application=f"{JOBS}/featurize.py",
             name="orchard-featurize",
             application_args=steps.featurize_args(upload),
-            conf=steps.spark_conf(),
+            conf=steps.local_spark_conf(settings),
             driver_memory=settings.spark_driver_memory,
             env_vars=steps.local_env(settings),
         )
@@ -173,7 +173,7 @@ with DAG(
             application=f"{JOBS}/pca.py",
             name="orchard-pca",
             application_args=steps.pca_args(upload),
-            conf=steps.spark_conf(),
+            conf=steps.local_spark_conf(settings),
             driver_memory=settings.spark_driver_memory,
             env_vars=steps.local_env(settings),
         )

@@ -43,6 +43,7 @@ class Settings:
     emr_idle_timeout: int = 1800
     emr_root_volume_gb: int = 32
     emr_poll_seconds: int = 60
+    s3_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -79,7 +80,20 @@ class Settings:
             emr_idle_timeout=int(env.get("ORCHARD_EMR_IDLE_TIMEOUT", "1800")),
             emr_root_volume_gb=int(env.get("ORCHARD_EMR_ROOT_VOLUME_GB", "32")),
             emr_poll_seconds=int(env.get("ORCHARD_EMR_POLL_SECONDS", "60")),
+            s3_endpoint=env.get("ORCHARD_S3_ENDPOINT") or None,
         )
+
+    @property
+    def lake_on_s3(self) -> bool:
+        """Whether the lake is an S3 (or S3-compatible, e.g. MinIO) prefix rather than a folder."""
+        return self.lake.startswith("s3://")
+
+    @property
+    def spark_lake(self) -> str:
+        """The lake as the Spark steps address it: EMR reads s3:// (EMRFS), local Spark needs s3a://."""
+        if self.lake_on_s3 and self.target == "local":
+            return "s3a://" + self.lake[len("s3://") :]
+        return self.lake
 
     @property
     def encryption(self) -> dict[str, str]:

@@ -22,10 +22,11 @@ SHA256_META = "sha256"
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key or prefix without trailing slash) of an s3:// URI."""
-    if not uri.startswith("s3://"):
+    """(bucket, key or prefix without trailing slash) of an s3:// or s3a:// URI."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in {"s3", "s3a"}:
         raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[len("s3://") :].partition("/")
+    bucket, _, key = rest.partition("/")
     return bucket, key.rstrip("/")
 
 
@@ -216,3 +217,37 @@ def upload_files(
         client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs=dict(encryption))
         uris[name] = f"s3://{bucket}/{prefix}/{name}"
     return uris
+
+
+def create_bucket(client: Any, bucket: str, region: str) -> bool:
+    """Create the lake bucket if it is not there yet; True when it was created."""
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":  # us-east-1 is the one region S3 refuses as a LocationConstraint
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    try:
+        client.create_bucket(**kwargs)
+    except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m orchard.s3 create-bucket`: the compose stack's one-shot MinIO set-up."""
+    import argparse
+
+    import boto3
+
+    from orchard.config import Settings
+
+    parser = argparse.ArgumentParser(description="S3 lake set-up")
+    parser.add_argument("command", choices=["create-bucket"])
+    parser.parse_args(argv)
+    settings = Settings.from_env()
+    bucket, _ = split_uri(settings.lake)
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.region)
+    created = create_bucket(client, bucket, settings.region)
+    print(f"bucket {bucket!r} {'created' if created else 'already there'} at {settings.s3_endpoint or 'AWS'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,28 @@ def spark_conf() -> dict[str, str]:
     }
 
 
+def local_spark_conf(settings: Settings) -> dict[str, str]:
+    """spark_conf() plus, for a lake on S3 or MinIO, the s3a connector's settings.
+
+    Credentials are not in here: s3a reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the
+    environment of the Spark process, as the AWS SDK does everywhere else.
+    """
+    conf = spark_conf()
+    if settings.lake_on_s3:
+        conf |= {
+            "spark.hadoop.fs.s3a.aws.credentials.provider": (
+                "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
+            ),
+            "spark.hadoop.fs.s3a.endpoint.region": settings.region,
+        }
+        if settings.s3_endpoint:
+            conf |= {
+                "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+            }
+    return conf
+
+
 def local_env(settings: Settings) -> dict[str, str]:
     """Environment of a local spark-submit: the Python that has TensorFlow, and the jobs' modules."""
     return {

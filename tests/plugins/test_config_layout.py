@@ -88,3 +88,26 @@ def test_step_arguments_name_every_output():
     assert pca_flags["--features"] == run["features"]
     assert pca_flags["--csv-parts"] == run["csv_parts"]
     assert steps.spark_conf()["spark.sql.execution.arrow.maxRecordsPerBatch"] == str(steps.ARROW_BATCH)
+
+
+def test_a_lake_on_minio_for_local_spark_uses_s3a_and_the_endpoint():
+    settings = Settings.from_env(
+        {"ORCHARD_LAKE": "s3://orchard/lake", "ORCHARD_S3_ENDPOINT": "http://minio:9000"}
+    )
+    assert settings.lake_on_s3
+    assert settings.spark_lake == "s3a://orchard/lake"
+    conf = steps.local_spark_conf(settings)
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith(
+        "EnvironmentVariableCredentialsProvider"
+    )
+    assert not any("secret" in key.lower() or "access.key" in key for key in conf)
+
+
+def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
+    emr_settings = Settings.from_env({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://b/l"})
+    assert emr_settings.spark_lake == "s3://b/l"
+    local = Settings.from_env({})
+    assert not local.lake_on_s3
+    assert steps.local_spark_conf(local) == steps.spark_conf()
