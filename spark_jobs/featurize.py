@@ -47,8 +47,7 @@ def main(argv: list[str]) -> None:
     partitions = args.partitions or spark.sparkContext.defaultParallelism
 
     files, listed = features.read_images(spark, args.images, args.limit or None)
-    builds = spark.sparkContext.accumulator(0)
-    results = features.featurize(files, args.images, broadcast, partitions, builds)
+    results = features.featurize(files, args.images, broadcast, partitions)
     # The counts and both outputs come from one evaluation: the model runs once per image.
     results.persist(StorageLevel.MEMORY_AND_DISK)
     counts = features.count_outcomes(results)
@@ -66,7 +65,6 @@ def main(argv: list[str]) -> None:
         "counts": counts,
         "weights": weights.describe(),
         "partitions": partitions,
-        "model_builds": builds.value,
         "limit": args.limit or None,
         "seconds": round(time.time() - started, 3),
         "versions": versions(spark),

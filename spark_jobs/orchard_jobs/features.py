@@ -6,6 +6,7 @@ anything else a quarantine reason.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -29,6 +30,10 @@ RESULT_TYPE = T.StructType(
         T.StructField("label", T.StringType(), True),
         T.StructField("features", T.ArrayType(T.FloatType(), False), True),
         T.StructField("reason", T.StringType(), True),
+        # True on the first row a Python worker produced after building its model: summing the
+        # column counts model builds on any Spark version (accumulators from pandas UDFs do not
+        # reach the driver on Spark 3.5).
+        T.StructField("model_built", T.BooleanType(), True),
     ]
 )
 
@@ -36,23 +41,31 @@ QUARANTINE_TYPE = T.StructType(
     [T.StructField(name, T.StringType(), True) for name in ("path", "label", "reason")]
 )
 
-# One Featurizer per Python worker process, keyed by the broadcast that carries its weights.
-# Spark reuses Python workers across tasks, so a model is built once per worker, not per task.
-_FEATURIZERS: dict[int, Any] = {}
+# One Featurizer per Python worker process, keyed by a digest of its weights. Spark reuses Python
+# workers across tasks (and jobs), so a model is built once per worker, not per task. The key is
+# the weights' content, never an object's identity: a recycled id would hand out stale weights.
+_FEATURIZERS: dict[str, Any] = {}
 
 
-def featurizer_for(broadcast: Any, builds: Any = None) -> Any:
-    """The process-wide Featurizer for a weights broadcast, built on first use (counted in `builds`)."""
+def weights_digest(arrays: list[np.ndarray]) -> str:
+    """SHA-256 of weight arrays (shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def featurizer_for(broadcast: Any, digest: str) -> tuple[Any, bool]:
+    """The process-wide Featurizer for weights (a broadcast or arrays), and whether this call built it."""
     from orchard_jobs.model import Featurizer
 
-    key = broadcast.id if hasattr(broadcast, "id") else id(broadcast)
-    if key not in _FEATURIZERS:
-        weights = broadcast.value if hasattr(broadcast, "value") else broadcast
-        _FEATURIZERS[key] = Featurizer(weights)
-        if builds is not None:
-            builds.add(1)
-        print(f"orchard: built MobileNetV2 in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
-    return _FEATURIZERS[key]
+    if digest in _FEATURIZERS:
+        return _FEATURIZERS[digest], False
+    weights = broadcast.value if hasattr(broadcast, "value") else broadcast
+    _FEATURIZERS[digest] = Featurizer(weights)
+    print(f"orchard: built MobileNetV2 in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
+    return _FEATURIZERS[digest], True
 
 
 def featurize_records(featurizer: Any, root: str, paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
@@ -123,17 +136,18 @@ def unread_files(spark: SparkSession, results: DataFrame, listed: list[str], roo
     return rows
 
 
-def featurize(files: DataFrame, root: str, weights: Any, partitions: int, builds: Any = None) -> DataFrame:
-    """(path, content) -> (path, label, features, reason): one row per file, relative paths.
-
-    `builds`, an optional Spark accumulator, counts the models built (one per Python worker).
-    """
+def featurize(files: DataFrame, root: str, weights: Any, partitions: int) -> DataFrame:
+    """(path, content) -> (path, label, features, reason, model_built): one row per file."""
+    digest = weights_digest(weights.value if hasattr(weights, "value") else weights)
 
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        featurizer = featurizer_for(weights, builds)
+        featurizer, built = featurizer_for(weights, digest)
         for paths, contents in batches:
-            yield featurize_records(featurizer, root, paths, contents)
+            records = featurize_records(featurizer, root, paths, contents)
+            records["model_built"] = [built and i == 0 for i in range(len(records))]
+            built = built and records.empty
+            yield records
 
     # Spark packs ~30 small files into one read split; spreading them evenly over the task slots
     # is what keeps every core busy with inference.
@@ -156,11 +170,12 @@ def quarantined(results: DataFrame, unread: list[tuple] | None = None) -> DataFr
 
 
 def count_outcomes(results: DataFrame) -> dict[str, int]:
-    """Counts of inputs, featurized and quarantined rows, in one pass."""
+    """Counts of inputs, featurized and quarantined rows, and of model builds, in one pass."""
     ok: Column = F.col("reason").isNull()
     row = results.agg(
         F.count(F.lit(1)).alias("inputs"),
         F.count(F.when(ok, 1)).alias("featurized"),
         F.count(F.when(~ok, 1)).alias("quarantined"),
+        F.count(F.when(F.col("model_built"), 1)).alias("model_builds"),
     ).first()
-    return {"inputs": row["inputs"], "featurized": row["featurized"], "quarantined": row["quarantined"]}
+    return {key: row[key] for key in ("inputs", "featurized", "quarantined", "model_builds")}

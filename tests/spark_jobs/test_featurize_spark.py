@@ -86,18 +86,24 @@ def test_labels_are_folder_names(outcome):
     assert labels["top level.png"] == "_unlabelled"
 
 
-def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir, weights):
+def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir):
     uri = f"file://{image_dir}"
     files, _ = features.read_images(spark, uri)
-    builds = spark.sparkContext.accumulator(0)
-    results = features.featurize(
-        files, uri, spark.sparkContext.broadcast(weights), partitions=6, builds=builds
-    )
-    # Collect the features themselves: a count or a partition id alone would prune the UDF away.
-    rows = results.select("features", F.spark_partition_id().alias("p")).collect()
-    assert len({r.p for r in rows}) == 6  # six tasks ran...
+    fresh = random_weights(6)  # weights no worker has a model for yet
+    results = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
+    # Counted from the data: the model_built column is computed with the features themselves.
+    assert results.select(F.spark_partition_id()).distinct().count() == 6  # six tasks ran...
     # ...on local[2]'s at most two reused Python workers: at most one model each.
-    assert 1 <= builds.value <= 2
+    assert 1 <= features.count_outcomes(results)["model_builds"] <= 2
+    # Same weights again: the workers' models are reused, none is built.
+    again = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
+    assert features.count_outcomes(again)["model_builds"] == 0
+
+
+def test_models_are_keyed_by_weight_content():
+    a, b = random_weights(1), random_weights(2)
+    assert features.weights_digest(a) == features.weights_digest(random_weights(1))
+    assert features.weights_digest(a) != features.weights_digest(b)
 
 
 def test_limit_takes_the_first_paths(spark, image_dir):
@@ -110,15 +116,14 @@ def test_limit_takes_the_first_paths(spark, image_dir):
 def test_outputs_split_by_reason(spark, outcome):
     rows, _, unread = outcome
     results = spark.createDataFrame(
-        [(r.path, r.label, r.features, r.reason) for r in rows], features.RESULT_TYPE
+        [(r.path, r.label, r.features, r.reason, r.model_built) for r in rows], features.RESULT_TYPE
     )
     good = features.featurized(results)
     bad = features.quarantined(results, unread)
     assert good.columns == ["path", "label", "features"]
     assert bad.columns == ["path", "label", "reason"]
     assert good.count() + bad.count() == len(rows) + len(unread)
-    assert features.count_outcomes(results) == {
-        "inputs": len(rows),
-        "featurized": good.count(),
-        "quarantined": len(rows) - good.count(),
-    }
+    counts = features.count_outcomes(results)
+    assert counts["inputs"] == len(rows)
+    assert counts["featurized"] == good.count()
+    assert counts["quarantined"] == len(rows) - good.count()
