@@ -95,12 +95,7 @@ def sync_to_s3(
         except (OSError, client.exceptions.ClientError) as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
-    report = sync_each(source, one, limit, workers)
-    log.info(
-        "sync %s -> %s: %d uploaded, %d unchanged, %d failed, %d hidden names ignored",
-        source, dest_uri, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
-    )  # fmt: skip
-    return report
+    return sync_each(source, dest_uri, one, limit, workers)
 
 
 def plan_merge(header_len: int, objects: Iterable[tuple[str, int]], min_part: int = MIN_PART) -> list:

@@ -131,9 +131,13 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 
 def sync_each(
-    source: Path, copy_one: Callable[[str], tuple[str, str, int | str]], limit: int | None, workers: int
+    source: Path,
+    dest: str | Path,
+    copy_one: Callable[[str], tuple[str, str, int | str]],
+    limit: int | None,
+    workers: int,
 ) -> SyncReport:
-    """Run `copy_one(relative path)` over the source's files on `workers` threads and count outcomes.
+    """Run `copy_one(relative path)` over the source's files on `workers` threads, count and log outcomes.
 
     `copy_one` returns (path, 'uploaded' | 'skipped' | 'failed', bytes or reason). Hidden names
     are reported in `ignored`, not handed over. `limit` takes the first N files in listing order.
@@ -150,6 +154,10 @@ def sync_each(
 
     for rel, outcome, detail in bounded_map(copy_one, take(wanted(), limit), workers):
         report.record(rel, outcome, detail)
+    log.info(
+        "sync %s -> %s: %d uploaded, %d unchanged, %d failed, %d hidden names ignored",
+        source, dest, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
+    )  # fmt: skip
     return report
 
 
@@ -167,12 +175,7 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
         except OSError as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
-    report = sync_each(source, one, limit, workers)
-    log.info(
-        "sync %s -> %s: %d copied, %d unchanged, %d failed, %d hidden names ignored",
-        source, dest, report.uploaded, report.skipped, len(report.failed), len(report.ignored),
-    )  # fmt: skip
-    return report
+    return sync_each(source, dest, one, limit, workers)
 
 
 def merge_csv(header: Iterable[str], parts_dir: Path, dest: Path) -> None:
