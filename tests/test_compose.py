@@ -27,7 +27,10 @@ from tests.conftest import ROOT
 COMPOSE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "docker" / "airflow" / "Dockerfile"
 # The only credentials the stack may carry: documented local-only defaults (README, .env.example).
-LOCAL_DEFAULTS = {"airflow", "admin", "orchard", "orchard-local-only", "orchard-local-only-jwt-secret", ""}
+LOCAL_DEFAULTS = {
+    "airflow", "admin", "orchard", "orchard-local-only", "orchard-local-only-jwt-secret", "",
+    "orchard-local-only:Okfl5Q52OKnViRMZTbPixHYxD+7ZfTCiE63K+T2cnEA=",  # MinIO's SSE-S3 key
+}  # fmt: skip
 DEFAULT = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 
 

@@ -86,6 +86,8 @@ def job_flow_spec(
                 ],
             },
             {"Classification": "spark-defaults", "Properties": step_conf()},
+            # What the steps write to S3 through EMRFS is encrypted like everything else.
+            {"Classification": "emrfs-site", "Properties": emrfs_encryption(settings)},
         ],
         "Instances": instances,
         "Tags": [
@@ -97,6 +99,14 @@ def job_flow_spec(
     if settings.emr_security_configuration:
         spec["SecurityConfiguration"] = settings.emr_security_configuration
     return spec
+
+
+def emrfs_encryption(settings: Settings) -> dict[str, str]:
+    """EMRFS properties for server-side encryption: SSE-KMS with the configured key, else SSE-S3."""
+    props = {"fs.s3.enableServerSideEncryption": "true"}
+    if settings.kms_key_id:
+        props["fs.s3.serverSideEncryption.kms.keyId"] = settings.kms_key_id
+    return props
 
 
 def step_conf() -> dict[str, str]:

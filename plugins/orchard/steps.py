@@ -65,7 +65,11 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
                 "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
             ),
             "spark.hadoop.fs.s3a.endpoint.region": settings.region,
+            # What the steps write is encrypted like every other write to the lake.
+            "spark.hadoop.fs.s3a.encryption.algorithm": "SSE-KMS" if settings.kms_key_id else "SSE-S3",
         }
+        if settings.kms_key_id:
+            conf["spark.hadoop.fs.s3a.encryption.key"] = settings.kms_key_id
         if settings.s3_endpoint:
             conf |= {
                 "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,

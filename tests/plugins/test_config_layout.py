@@ -102,7 +102,17 @@ def test_a_lake_on_minio_for_local_spark_uses_s3a_and_the_endpoint():
     assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith(
         "EnvironmentVariableCredentialsProvider"
     )
+    assert conf["spark.hadoop.fs.s3a.encryption.algorithm"] == "SSE-S3"
     assert not any("secret" in key.lower() or "access.key" in key for key in conf)
+    kms = Settings.from_env({"ORCHARD_LAKE": "s3://orchard/lake", "ORCHARD_KMS_KEY_ID": "k-1"})
+    kms_conf = steps.local_spark_conf(kms)
+    assert (
+        kms_conf["spark.hadoop.fs.s3a.encryption.algorithm"],
+        kms_conf["spark.hadoop.fs.s3a.encryption.key"],
+    ) == (
+        "SSE-KMS",
+        "k-1",
+    )
 
 
 def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():

@@ -62,6 +62,16 @@ def test_spec_defaults():
     }
     assert (flow["ServiceRole"], flow["JobFlowRole"]) == ("EMR_DefaultRole", "EMR_EC2_DefaultRole")
     assert "SecurityConfiguration" not in flow
+    emrfs = next(c for c in flow["Configurations"] if c["Classification"] == "emrfs-site")
+    assert emrfs["Properties"] == {"fs.s3.enableServerSideEncryption": "true"}
+
+
+def test_spec_encrypts_step_output_with_the_kms_key_when_configured():
+    settings = Settings.from_env(
+        {"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://b/l", "ORCHARD_KMS_KEY_ID": "k-1"}
+    )
+    emrfs = next(c for c in spec(settings)["Configurations"] if c["Classification"] == "emrfs-site")
+    assert emrfs["Properties"]["fs.s3.serverSideEncryption.kms.keyId"] == "k-1"
 
 
 def test_spec_options_from_configuration():
