@@ -157,25 +157,25 @@ with DAG(
     upload = upload_images()
 
     if settings.target == "local":
+        submit = {
+            "conn_id": settings.spark_conn_id,
+            "conf": steps.local_spark_conf(settings),
+            "driver_memory": settings.spark_driver_memory,
+            "env_vars": steps.local_env(settings),
+        }
         featurize = SparkSubmitOperator(
             task_id="featurize",
-            conn_id=settings.spark_conn_id,
             application=f"{JOBS}/featurize.py",
             name="orchard-featurize",
             application_args=steps.featurize_args(upload),
-            conf=steps.local_spark_conf(settings),
-            driver_memory=settings.spark_driver_memory,
-            env_vars=steps.local_env(settings),
+            **submit,
         )
         pca = SparkSubmitOperator(
             task_id="pca",
-            conn_id=settings.spark_conn_id,
             application=f"{JOBS}/pca.py",
             name="orchard-pca",
             application_args=steps.pca_args(upload),
-            conf=steps.local_spark_conf(settings),
-            driver_memory=settings.spark_driver_memory,
-            env_vars=steps.local_env(settings),
+            **submit,
         )
         featurize >> pca >> export_csv(upload)
 
