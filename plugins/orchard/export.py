@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchard import s3
 from orchard.layout import local_path
-from orchard.storage import merge_csv
+from orchard.storage import merge_csv, replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +23,8 @@ class LocalLake:
 
     def write_json(self, uri: str, payload: Mapping[str, Any]) -> None:
         """A small JSON document, replaced atomically."""
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".orchard-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp, path)
+        with replaced_atomically(local_path(uri)) as out:
+            out.write((json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, Any]:
         """Concatenate the CSV parts behind a header into one file."""

@@ -205,11 +205,16 @@ def write_json(client: Any, uri: str, payload: Mapping[str, Any], encryption: Ma
 def upload_files(
     client: Any, files: Mapping[str, Path], dest_uri: str, encryption: Mapping[str, str]
 ) -> dict[str, str]:
-    """Upload named local files under a prefix; returns name -> s3:// URI."""
+    """Upload named local files under a content-hashed prefix; returns name -> s3:// URI.
+
+    The prefix names the content, so a key that exists already holds these bytes: not sent again.
+    """
     bucket, prefix = split_uri(dest_uri)
+    present = set(existing_sizes(client, bucket, prefix))
     uris = {}
     for name, path in files.items():
-        client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs=dict(encryption))
+        if name not in present:
+            client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs=dict(encryption))
         uris[name] = f"s3://{bucket}/{prefix}/{name}"
     return uris
 

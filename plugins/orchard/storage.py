@@ -7,11 +7,12 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -185,14 +186,21 @@ def merge_csv(header: Iterable[str], parts_dir: Path, dest: Path) -> None:
     temporary file and renamed, so a reader never sees a half-written CSV.
     """
     parts = sorted(p for p in parts_dir.iterdir() if p.name.startswith("part-"))
+    with replaced_atomically(dest) as out:
+        out.write((",".join(header) + "\n").encode("utf-8"))
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+@contextmanager
+def replaced_atomically(dest: Path) -> Generator[BinaryIO]:
+    """A binary file that becomes `dest` only when the block completes: readers never see half of it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-", suffix=".csv")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-", suffix=dest.suffix)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write((",".join(header) + "\n").encode("utf-8"))
-            for part in parts:
-                with part.open("rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+            yield out
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

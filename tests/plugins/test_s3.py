@@ -145,3 +145,16 @@ def test_small_merge_is_one_part(client):
     stats = merge_csv(client, ["path", "pc_1"], f"s3://{BUCKET}/p", f"s3://{BUCKET}/o.csv", SSE_S3)
     assert stats == {"parts": 1, "bytes_copied_in_s3": 0, "bytes_sent": 14}
     assert client.get_object(Bucket=BUCKET, Key="o.csv")["Body"].read() == b"path,pc_1\nx,1\n"
+
+
+def test_staged_files_already_under_their_content_prefix_are_not_sent_again(client, tmp_path, monkeypatch):
+    job = tmp_path / "pca.py"
+    job.write_text("print('pca')\n")
+    uris = s3.upload_files(client, {"pca.py": job}, f"s3://{BUCKET}/artifacts/abc", SSE_S3)
+    assert uris == {"pca.py": f"s3://{BUCKET}/artifacts/abc/pca.py"}
+    assert client.head_object(Bucket=BUCKET, Key="artifacts/abc/pca.py")["ServerSideEncryption"] == "AES256"
+
+    sent = []
+    monkeypatch.setattr(client, "upload_file", lambda *args, **kwargs: sent.append(args))
+    assert s3.upload_files(client, {"pca.py": job}, f"s3://{BUCKET}/artifacts/abc", SSE_S3) == uris
+    assert sent == []
