@@ -26,12 +26,18 @@ export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test test-spark35 lint venv java shellcheck lock clean up down logs
+.PHONY: demo test bench test-spark35 lint venv java shellcheck lock clean up down logs
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	$(PY) -m orchard.demo $(if $(SOURCE),--source "$(SOURCE)")
+
+# Benchmarks (not part of `make test`): ratios measured side by side, printed as a table.
+# BENCH_ARGS="--json bench/last.json" keeps every figure.
+BENCH_ARGS ?=
+bench: venv java
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 test: venv java shellcheck lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -55,8 +61,8 @@ $(SPARK35_STAMP): bootstrap/requirements.txt
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check dags plugins spark_jobs tests
-	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests
+	$(VENV)/bin/ruff check dags plugins spark_jobs tests bench
+	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests bench
 
 venv: $(STAMP)
 

@@ -90,7 +90,8 @@ PARAMS = {
         type=["null", "integer"],
         minimum=1,
         title="Spark partitions",
-        description="Partitions of the featurize step. Empty: Spark's default parallelism.",
+        description="Partitions of the featurize step. Empty: a multiple of the task slots, "
+        "~1,000 images per task.",
     ),
 }
 if settings.target == "emr":

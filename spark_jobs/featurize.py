@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 
 from orchard_jobs import features, lake
 from orchard_jobs.model import WEIGHT_FALLBACKS, resolve_weights
+from orchard_jobs.progress import StageProgress
 from orchard_jobs.versions import versions
 
 
@@ -31,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--summary", required=True, help="output URI of the step's JSON summary")
     parser.add_argument("--weights", default="imagenet", help="imagenet, random[:SEED], or a weights file")
     parser.add_argument("--weights-fallback", default="fail", choices=WEIGHT_FALLBACKS)
-    parser.add_argument("--partitions", type=int, default=0, help="0: Spark's default parallelism")
+    parser.add_argument("--partitions", type=int, default=0, help="0: a multiple of the task slots")
     parser.add_argument("--limit", type=int, default=0, help="featurize only the first N files (0: all)")
     return parser.parse_args(argv)
 
@@ -44,13 +45,16 @@ def main(argv: list[str]) -> None:
     spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
     weights = resolve_weights(args.weights, args.weights_fallback)
     broadcast = spark.sparkContext.broadcast(weights.arrays)
-    partitions = args.partitions or spark.sparkContext.defaultParallelism
-
     files, listed = features.read_images(spark, args.images, args.limit or None)
-    results = features.featurize(files, args.images, broadcast, partitions)
+    # One Python worker per task slot, each with as many TensorFlow threads as a task has cores.
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
+    partitions = args.partitions or features.plan_partitions(len(listed), slots)
+    results = features.featurize(files, args.images, broadcast, partitions, threads=task_cpus)
     # The counts and both outputs come from one evaluation: the model runs once per image.
     results.persist(StorageLevel.MEMORY_AND_DISK)
-    counts = features.count_outcomes(results)
+    with StageProgress(spark.sparkContext, "orchard-featurize", partitions, len(listed)):
+        counts = features.count_outcomes(results)
     unread = []
     if counts["inputs"] < len(listed):
         unread = features.unread_files(spark, results, listed, args.images)
@@ -65,6 +69,7 @@ def main(argv: list[str]) -> None:
         "counts": counts,
         "weights": weights.describe(),
         "partitions": partitions,
+        "threads_per_task": task_cpus,
         "limit": args.limit or None,
         "seconds": round(time.time() - started, 3),
         "versions": versions(spark),

@@ -109,6 +109,21 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
     return props
 
 
+# Executor sizing, from what bench/ measured (BENCHMARKS.md): one Python worker per task slot with
+# ONE TensorFlow thread each beats one worker using every core (R1 1.00 vs 0.85-0.9: a worker's
+# JPEG decoding overlaps the others' inference, and nothing is oversubscribed). Each worker holds
+# its own model and batch: ~1.7 GiB peak at 64 images per Arrow batch. So an executor of 4 slots
+# (an m5.xlarge: 4 vCPU, 12 GiB for YARN) needs ~7 GiB outside the JVM, while the JVM only reads
+# files and passes Arrow batches. 2g heap + 8g overhead = one 10 GiB executor per m5.xlarge.
+EXECUTOR_SIZING = {
+    "spark.executor.cores": "4",
+    "spark.task.cpus": "1",  # featurize.py gives TensorFlow spark.task.cpus threads per worker
+    "spark.executor.memory": "2g",
+    "spark.executor.memoryOverhead": "8g",
+    "spark.python.worker.reuse": "true",  # a worker keeps its model across tasks (R2 = 1)
+}
+
+
 def step_conf() -> dict[str, str]:
     """Spark configuration of the steps on EMR: the common one plus the nodes' Python."""
     return {
@@ -116,8 +131,7 @@ def step_conf() -> dict[str, str]:
         "spark.pyspark.python": NODE_PYTHON,
         "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
         "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
-        # TensorFlow lives outside the JVM heap, in the Python workers: reserve room for it.
-        "spark.executor.memoryOverhead": "3g",
+        **EXECUTOR_SIZING,
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "1",
     }
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -34,6 +35,9 @@ RESULT_TYPE = T.StructType(
         # column counts model builds on any Spark version (accumulators from pandas UDFs do not
         # reach the driver on Spark 3.5).
         T.StructField("model_built", T.BooleanType(), True),
+        # The Python worker (process id) that computed the row: model builds ÷ distinct workers
+        # shows whether every worker built its model exactly once.
+        T.StructField("worker", T.IntegerType(), True),
     ]
 )
 
@@ -46,6 +50,9 @@ QUARANTINE_TYPE = T.StructType(
 # the weights' content, never an object's identity: a recycled id would hand out stale weights.
 _FEATURIZERS: dict[str, Any] = {}
 
+# Images per featurize task (see plan_partitions): ~10-20 s of work per task slot.
+IMAGES_PER_TASK = 1000
+
 
 def weights_digest(arrays: list[np.ndarray]) -> str:
     """SHA-256 of weight arrays (shapes, dtypes and values)."""
@@ -56,14 +63,14 @@ def weights_digest(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def featurizer_for(broadcast: Any, digest: str) -> tuple[Any, bool]:
+def featurizer_for(broadcast: Any, digest: str, threads: int = 0) -> tuple[Any, bool]:
     """The process-wide Featurizer for weights (a broadcast or arrays), and whether this call built it."""
     from orchard_jobs.model import Featurizer
 
     if digest in _FEATURIZERS:
         return _FEATURIZERS[digest], False
     weights = broadcast.value if hasattr(broadcast, "value") else broadcast
-    _FEATURIZERS[digest] = Featurizer(weights)
+    _FEATURIZERS[digest] = Featurizer(weights, threads=threads)
     print(f"orchard: built MobileNetV2 in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
     return _FEATURIZERS[digest], True
 
@@ -136,17 +143,45 @@ def unread_files(spark: SparkSession, results: DataFrame, listed: list[str], roo
     return rows
 
 
-def featurize(files: DataFrame, root: str, weights: Any, partitions: int) -> DataFrame:
-    """(path, content) -> (path, label, features, reason, model_built): one row per file."""
+def plan_partitions(images: int, slots: int, per_task: int = IMAGES_PER_TASK) -> int:
+    """Partitions for the featurize stage: a multiple of the task slots, about `per_task` images each.
+
+    Every slot gets the same share (no idle core at the end), and tasks stay short enough to
+    report progress and to retry cheaply; a task with only a few images would pay Spark's
+    per-task overhead for little work (measured in bench/).
+    """
+    slots = max(1, slots)
+    rounds = max(1, -(-images // (slots * per_task)))
+    return slots * rounds
+
+
+def featurize(files: DataFrame, root: str, weights: Any, partitions: int, threads: int = 0) -> DataFrame:
+    """(path, content) -> (path, label, features, reason, model_built, worker): one row per file.
+
+    `threads`: TensorFlow threads per Python worker (0: TensorFlow's default, all cores). With one
+    worker per task slot, one thread each keeps the cores busy without oversubscribing them, and a
+    worker's decoding overlaps the other workers' inference.
+    """
     digest = weights_digest(weights.value if hasattr(weights, "value") else weights)
 
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        featurizer, built = featurizer_for(weights, digest)
+        featurizer, built = None, False
+        worker = os.getpid()
         for paths, contents in batches:
+            if featurizer is None:  # built on the first batch: an empty partition builds nothing
+                featurizer, built = featurizer_for(weights, digest, threads)
+            started = time.perf_counter()
             records = featurize_records(featurizer, root, paths, contents)
             records["model_built"] = [built and i == 0 for i in range(len(records))]
+            records["worker"] = worker
             built = built and records.empty
+            print(
+                f"orchard: featurized {len(records)} files in python worker pid={worker} "
+                f"({time.perf_counter() - started:.2f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             yield records
 
     # Spark packs ~30 small files into one read split; spreading them evenly over the task slots
@@ -177,5 +212,7 @@ def count_outcomes(results: DataFrame) -> dict[str, int]:
         F.count(F.when(ok, 1)).alias("featurized"),
         F.count(F.when(~ok, 1)).alias("quarantined"),
         F.count(F.when(F.col("model_built"), 1)).alias("model_builds"),
+        F.countDistinct("worker").alias("python_workers"),
     ).first()
-    return {key: row[key] for key in ("inputs", "featurized", "quarantined", "model_builds")}
+    keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers")
+    return {key: row[key] for key in keys}

@@ -127,12 +127,30 @@ def resolve_weights(spec: str, fallback: str = "fail") -> ResolvedWeights:
         )
 
 
+def set_tf_threads(threads: int) -> None:
+    """Limit TensorFlow to `threads` threads per op (and one op at a time) in this process.
+
+    Only possible before TensorFlow's runtime starts; afterwards the setting is kept as it is.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # the runtime is already initialised in this process
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            log.warning("TensorFlow already started with %s threads; cannot set %s", current, threads)
+
+
 class Featurizer:
     """A model with fixed weights and a traced inference function; build once per process."""
 
-    def __init__(self, weights: list[np.ndarray]):
+    def __init__(self, weights: list[np.ndarray], threads: int = 0):
         import tensorflow as tf
 
+        if threads:
+            set_tf_threads(threads)
         self.model = build_model(None)
         self.model.set_weights(weights)
         # One trace for any batch length; eager calls are ~2x slower and hold far more memory.

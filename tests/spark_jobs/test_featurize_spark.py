@@ -93,8 +93,10 @@ def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir
     results = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     # Counted from the data: the model_built column is computed with the features themselves.
     assert results.select(F.spark_partition_id()).distinct().count() == 6  # six tasks ran...
-    # ...on local[2]'s at most two reused Python workers: at most one model each.
-    assert 1 <= features.count_outcomes(results)["model_builds"] <= 2
+    # ...on local[2]'s at most two reused Python workers: exactly one model each.
+    counts = features.count_outcomes(results)
+    assert 1 <= counts["model_builds"] <= 2
+    assert counts["model_builds"] == counts["python_workers"]
     # Same weights again: the workers' models are reused, none is built.
     again = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     assert features.count_outcomes(again)["model_builds"] == 0
@@ -116,7 +118,7 @@ def test_limit_takes_the_first_paths(spark, image_dir):
 def test_outputs_split_by_reason(spark, outcome):
     rows, _, unread = outcome
     results = spark.createDataFrame(
-        [(r.path, r.label, r.features, r.reason, r.model_built) for r in rows], features.RESULT_TYPE
+        [(r.path, r.label, r.features, r.reason, r.model_built, r.worker) for r in rows], features.RESULT_TYPE
     )
     good = features.featurized(results)
     bad = features.quarantined(results, unread)
@@ -127,3 +129,14 @@ def test_outputs_split_by_reason(spark, outcome):
     assert counts["inputs"] == len(rows)
     assert counts["featurized"] == good.count()
     assert counts["quarantined"] == len(rows) - good.count()
+
+
+def test_partitions_are_a_multiple_of_the_slots_with_bounded_tasks():
+    assert features.plan_partitions(400, slots=2) == 2
+    assert features.plan_partitions(0, slots=2) == 2
+    assert features.plan_partitions(2001, slots=2, per_task=1000) == 4
+    assert features.plan_partitions(100_000, slots=16, per_task=1000) == 112
+    for images in (1, 999, 5_000, 22_688):
+        parts = features.plan_partitions(images, slots=8, per_task=500)
+        assert parts % 8 == 0
+        assert images / parts <= 500

@@ -1,0 +1,582 @@
+"""Orchard benchmarks: ratios measured side by side in one run, with the raw figures behind them.
+
+    python bench/run.py [--images 600] [--reps 5] [--sizes 500,2000,8000] [--json FILE]
+
+Run it with `make bench`. Nothing here is a pass/fail test: it prints what it measured. Variants
+that are compared are run in the same process or back to back, interleaved, several times, and the
+medians are compared, so a machine that is busy or throttled slows both sides alike.
+
+R1  Spark featurization ÷ plain in-process Keras (same images, weights, batch size, cores)
+R2  model builds ÷ Python workers in a featurize run
+R3  featurizations executed ÷ images over a whole `airflow dags test` run
+R4  decode+resize time ÷ inference time
+R5  plain Keras images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s
+R6  Spark PCA fit ÷ numpy covariance+eigh on the same matrix (and whether they agree)
+R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
+R8  throughput and peak memory at growing image counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "spark_jobs")]
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# spark-submit and airflow come from the same environment as this Python.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+import numpy as np
+import psutil
+
+from orchard import steps
+from orchard.config import Settings
+from orchard.samples import generate
+
+BATCH = steps.ARROW_BATCH
+GFLOP_PER_IMAGE = 0.6  # MobileNetV2 at 224x224: ~300 M multiply-adds
+WEIGHTS_SEED = 42
+FEATURIZED_LINE = re.compile(r"orchard: featurized (\d+) files in python worker pid=(\d+)")
+
+
+def log(message: str) -> None:
+    """Progress of the bench itself, on stderr (the results go to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def fingerprint() -> dict:
+    """CPU model and the flags that matter for inference, cores, memory and library versions."""
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
+        flags = set(re.search(r"flags\s*:\s*(.+)", text).group(1).split())
+    except (OSError, AttributeError):
+        pass
+    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
+    import keras
+    import pandas
+    import pyarrow
+    import pyspark
+    import tensorflow as tf
+
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    return {
+        "cpu": cpu,
+        "cpu_flags": [f for f in wanted if f in flags],
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "java": (java.splitlines() or ["?"])[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "pyspark": pyspark.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> dict:
+    """Best float32 matrix-multiply rate of numpy (BLAS) and TensorFlow on all cores."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    flops = 2.0 * n**3
+    ta, tb = tf.constant(a), tf.constant(b)
+    rates = {}
+    for name, multiply in (
+        ("numpy", lambda: a @ b),
+        ("tensorflow", lambda: tf.linalg.matmul(ta, tb).numpy()),
+    ):
+        multiply()
+        best = min(timed(multiply)[0] for _ in range(reps))
+        rates[name] = round(flops / best / 1e9, 1)
+    return rates
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+class PeakRss:
+    """Peak resident memory of a process and all its children, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.peak_python_worker = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            total, workers = 0, []
+            try:
+                procs = [self.process, *self.process.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                    total += rss
+                    if "pyspark" in " ".join(proc.cmdline()) and "java" not in proc.name():
+                        workers.append(rss)
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self.peak_python_worker = max([self.peak_python_worker, *workers])
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {
+            "peak_rss_gib": round(self.peak / 2**30, 2),
+            "peak_python_worker_gib": round(self.peak_python_worker / 2**30, 2),
+        }
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def image_set(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` generated 100x100 fruit images (like Fruits-360's) in class folders."""
+    per_class = -(-count // 6)
+    paths = sorted(generate(folder, per_class=per_class, seed=seed))
+    for extra in paths[count:]:
+        extra.unlink()
+    return paths[:count]
+
+
+def submit_env(settings: Settings) -> dict:
+    return {**os.environ, **steps.local_env(settings), "PYTHONPATH": str(ROOT / "spark_jobs")}
+
+
+def spark_submit(settings: Settings, images: Path, out: Path, master: str = "local[2]") -> dict:
+    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
+    command = [
+        "spark-submit", "--master", master, "--driver-memory", settings.spark_driver_memory,
+        *[a for key, value in steps.local_spark_conf(settings).items() for a in ("--conf", f"{key}={value}")],
+        str(ROOT / "spark_jobs" / "featurize.py"),
+        "--images", f"file://{images}", "--features", f"file://{out}/features",
+        "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
+        "--weights", f"random:{WEIGHTS_SEED}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=submit_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    memory = PeakRss(proc.pid)
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    peaks = memory.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"featurize failed ({proc.returncode}):\n{output[-3000:]}")
+    summary = json.loads((out / "featurize.json").read_text())
+    executed = sum(int(m.group(1)) for m in FEATURIZED_LINE.finditer(output))
+    return {"wall_s": wall, "summary": summary, "executed": executed, **peaks}
+
+
+PLAIN_COLD = """
+import sys, time, numpy as np
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from orchard_jobs.images import decode_image
+from orchard_jobs.model import Featurizer, random_weights
+paths = sorted(p for p in Path(sys.argv[1]).rglob('*') if p.is_file())
+featurizer = Featurizer(random_weights(int(sys.argv[3])))
+for i in range(0, len(paths), int(sys.argv[4])):
+    featurizer(np.stack([decode_image(p.read_bytes()) for p in paths[i:i + int(sys.argv[4])]]))
+"""
+
+
+def plain_cold(images: Path) -> float:
+    """Wall time of a fresh Python process doing the same featurization with plain Keras."""
+    command = [sys.executable, "-c", PLAIN_COLD, str(images), str(ROOT / "spark_jobs"), str(WEIGHTS_SEED)]
+    wall, result = timed(lambda: subprocess.run([*command, str(BATCH)], capture_output=True, check=False))
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.decode()[-3000:])
+    return wall
+
+
+# --- the measurements ------------------------------------------------------------------------
+
+
+def steady_state(images: Path, paths: list[Path], reps: int) -> dict:
+    """R1 (steady), R4: a warm Spark session and a warm in-process model, interleaved."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from orchard_jobs import features
+    from orchard_jobs.images import decode_image
+    from orchard_jobs.model import Featurizer, random_weights
+
+    weights = random_weights(WEIGHTS_SEED)
+    plain = Featurizer(weights)  # TensorFlow's default: all cores for one model
+
+    def plain_pipeline() -> np.ndarray:
+        out = []
+        for i in range(0, len(paths), BATCH):
+            out.append(plain(np.stack([decode_image(p.read_bytes()) for p in paths[i : i + BATCH]])))
+        return np.concatenate(out)
+
+    decoded = np.stack([decode_image(p.read_bytes()) for p in paths])
+
+    def decode_only() -> None:
+        for p in paths:
+            decode_image(p.read_bytes())
+
+    def infer_only() -> None:
+        for i in range(0, len(decoded), BATCH):
+            plain(decoded[i : i + BATCH])
+
+    builder = SparkSession.builder.master("local[2]").appName("orchard-bench")
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    for key, value in steps.spark_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    broadcast = spark.sparkContext.broadcast(weights)
+    uri = f"file://{images}"
+    slots = spark.sparkContext.defaultParallelism
+    partitions = features.plan_partitions(len(paths), slots)
+
+    def spark_pipeline(threads: int):
+        files, _ = features.read_images(spark, uri)
+        results = features.featurize(files, uri, broadcast, partitions, threads=threads)
+        # Summing the features' lengths forces the UDF on every row (a count() would skip it).
+        return results.agg(F.sum(F.size("features"))).first()[0]
+
+    expected = plain_pipeline()  # warm-up, and the reference features
+    spark_pipeline(1)  # warm-up: Python workers start, models are built
+    rows = {"plain": [], "spark": [], "decode": [], "infer": []}
+    for rep in range(reps):
+        rows["plain"].append(timed(plain_pipeline)[0])
+        rows["spark"].append(timed(lambda: spark_pipeline(1))[0])
+        rows["decode"].append(timed(decode_only)[0])
+        rows["infer"].append(timed(infer_only)[0])
+        log(f"steady rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()))
+
+    # The tuned Spark path computes the same numbers as plain Keras.
+    files, _ = features.read_images(spark, uri)
+    got = features.featurize(files, uri, broadcast, partitions, threads=1).select("path", "features")
+    by_path = {r.path: r.features for r in got.collect()}
+    order = [p.relative_to(images).as_posix() for p in paths]
+    spark_features = np.array([by_path[p] for p in order], dtype=np.float32)
+    scale = float(np.abs(expected).max())
+    max_rel_diff = float(np.abs(spark_features - expected).max() / scale)
+    spark.stop()
+    n = len(paths)
+    return {
+        "images": n,
+        "partitions": partitions,
+        "plain_img_s": n / median(rows["plain"]),
+        "spark_img_s": n / median(rows["spark"]),
+        "decode_s": median(rows["decode"]),
+        "infer_s": median(rows["infer"]),
+        "infer_img_s": n / median(rows["infer"]),
+        "max_rel_diff": max_rel_diff,
+        "raw_seconds": {k: [round(x, 3) for x in v] for k, v in rows.items()},
+    }
+
+
+def cold_start(settings: Settings, images: Path, work: Path, reps: int) -> dict:
+    """R1 including start-up, R2: the real featurize step vs a fresh plain-Keras process."""
+    spark_runs, plain_runs = [], []
+    for rep in range(reps):
+        out = work / f"cold-{rep}"
+        spark_runs.append(spark_submit(settings, images, out))
+        plain_runs.append(plain_cold(images))
+        shutil.rmtree(out)
+        log(
+            f"cold rep {rep + 1}/{reps}: spark-submit {spark_runs[-1]['wall_s']:.1f} s, "
+            f"plain {plain_runs[-1]:.1f} s"
+        )
+    counts = [r["summary"]["counts"] for r in spark_runs]
+    return {
+        "spark_wall_s": median([r["wall_s"] for r in spark_runs]),
+        "plain_wall_s": median(plain_runs),
+        "model_builds": [c["model_builds"] for c in counts],
+        "python_workers": [c["python_workers"] for c in counts],
+        "raw_seconds": {
+            "spark_submit": [round(r["wall_s"], 2) for r in spark_runs],
+            "plain": [round(x, 2) for x in plain_runs],
+        },
+    }
+
+
+def pca_agreement(matrix: np.ndarray, k: int, reps: int) -> dict:
+    """R6: orchard's Spark PCA fit vs numpy covariance + eigh on the same matrix."""
+    from pyspark.ml.linalg import Vectors
+    from pyspark.sql import SparkSession
+
+    from orchard_jobs import pca
+
+    spark = SparkSession.builder.master("local[2]").appName("orchard-bench-pca").getOrCreate()
+    frame = spark.createDataFrame(
+        [(f"{i}", "x", Vectors.dense(row.astype(float))) for i, row in enumerate(matrix)],
+        ["path", "label", "vector"],
+    ).cache()
+    frame.count()
+
+    def numpy_fit():
+        centred = matrix.astype(np.float64) - matrix.mean(axis=0)
+        values, vectors = np.linalg.eigh(centred.T @ centred / (len(matrix) - 1))
+        order = np.argsort(values)[::-1]
+        return values[order], vectors[:, order[:k]]
+
+    spark_s, numpy_s = [], []
+    for _ in range(reps):
+        seconds, model = timed(lambda: pca.fit(frame, k))
+        spark_s.append(seconds)
+        seconds, (values, vectors) = timed(numpy_fit)
+        numpy_s.append(seconds)
+    spark_ratios = np.array(pca.explained_variance(model))
+    numpy_ratios = values[:k] / values.sum()
+    components = model.stages[-1].pc.toArray()
+    # Components agree up to sign: |cosine| of each pair close to 1 (top components only: the
+    # trailing ones of a near-degenerate spectrum may rotate within their eigenspace).
+    top = min(k, 10)
+    cosines = np.abs(np.sum(components[:, :top] * vectors[:, :top], axis=0))
+    spark.stop()
+    return {
+        "matrix": list(matrix.shape),
+        "k": k,
+        "spark_fit_s": median(spark_s),
+        "numpy_fit_s": median(numpy_s),
+        "variance_max_abs_diff": float(np.abs(spark_ratios - numpy_ratios).max()),
+        "top_component_min_abs_cosine": float(cosines.min()),
+        "raw_seconds": {"spark": [round(x, 3) for x in spark_s], "numpy": [round(x, 3) for x in numpy_s]},
+    }
+
+
+def dag_run(settings: Settings, images: Path, work: Path) -> dict:
+    """R3, R7: one `airflow dags test` of fruits_pipeline, from a fresh metadata DB."""
+    home, lake = work / "airflow", work / "lake"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_ORCHARD_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "ORCHARD_LAKE": str(lake),
+    }
+    home.mkdir(parents=True)
+    subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, check=True)
+    conf = json.dumps({"source": str(images), "weights": f"random:{WEIGHTS_SEED}"})
+    command = ["airflow", "dags", "test", "fruits_pipeline", "--conf", conf]
+    wall, result = timed(
+        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow dags test failed:\n{output[-4000:]}")
+    logs = "".join(p.read_text(errors="replace") for p in (home / "logs").rglob("*") if p.is_file())
+    executed = sum(int(m.group(1)) for m in FEATURIZED_LINE.finditer(logs or output))
+    with sqlite3.connect(home / "airflow.db") as db:
+        durations = dict(db.execute("select task_id, duration from task_instance").fetchall())
+    manifest_ref = json.loads((lake / "latest.json").read_text())["manifest"]
+    manifest = json.loads(Path(manifest_ref.removeprefix("file://")).read_text(encoding="utf-8"))
+    return {
+        "wall_s": wall,
+        "task_seconds": {k: round(v, 2) for k, v in durations.items() if v is not None},
+        "spark_steps_s": durations["featurize"] + durations["pca"],
+        "inputs": manifest["counts"]["inputs"],
+        "executed": executed,
+    }
+
+
+def scaling(settings: Settings, root: Path, sizes: list[int], work: Path) -> list[dict]:
+    """R8: the real featurize step at growing image counts: throughput and peak memory."""
+    rows = []
+    for size in sizes:
+        run = spark_submit(settings, root / f"n{size}", work / f"scale-{size}")
+        summary = run["summary"]
+        rows.append(
+            {
+                "images": size,
+                "wall_s": round(run["wall_s"], 1),
+                "job_s": summary["seconds"],
+                "img_s": size / run["wall_s"],
+                "partitions": summary["partitions"],
+                "model_builds": summary["counts"]["model_builds"],
+                "python_workers": summary["counts"]["python_workers"],
+                "executed": run["executed"],
+                "peak_rss_gib": run["peak_rss_gib"],
+                "peak_python_worker_gib": run["peak_python_worker_gib"],
+            }
+        )
+        log(
+            f"scaling {size}: {run['wall_s']:.1f} s, {rows[-1]['img_s']:.1f} img/s, {run['peak_rss_gib']} GiB"
+        )
+    return rows
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def ratios(results: dict) -> list[tuple[str, str, str]]:
+    """(ratio, value, raw figures) rows of the table."""
+    s, c, p, d = (results[k] for k in ("steady", "cold", "pca", "dag"))
+    scale = results["scaling"]
+    gflops = max(results["matmul_gflops"].values())
+    model_gflops = s["infer_img_s"] * GFLOP_PER_IMAGE
+    builds_per_worker = max(b / w for b, w in zip(c["model_builds"], c["python_workers"], strict=True))
+    marginal = (scale[-1]["images"] - scale[0]["images"]) / (scale[-1]["wall_s"] - scale[0]["wall_s"])
+    reps = len(s["raw_seconds"]["plain"])
+    return [
+        (
+            "R1 steady: Spark ÷ plain Keras throughput",
+            f"{s['spark_img_s'] / s['plain_img_s']:.2f}",
+            f"Spark {s['spark_img_s']:.1f} img/s ({s['partitions']} partitions, 1 TF thread per task) vs "
+            f"plain {s['plain_img_s']:.1f} img/s (read+decode+infer, TF on all cores); {s['images']} images, "
+            f"medians of {reps}; same features (max rel. diff {s['max_rel_diff']:.1e})",
+        ),
+        (
+            "R1 incl. start-up: Spark ÷ plain Keras throughput",
+            f"{c['plain_wall_s'] / c['spark_wall_s']:.2f}",
+            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s vs a fresh plain-Keras process "
+            f"{c['plain_wall_s']:.1f} s for the same {s['images']} images, "
+            f"medians of {len(c['model_builds'])}",
+        ),
+        (
+            "R2: model builds ÷ Python workers",
+            f"{builds_per_worker:.2f}",
+            f"builds {c['model_builds']}, workers {c['python_workers']} (start-up runs); R8 runs: builds "
+            f"{[r['model_builds'] for r in scale]}, workers {[r['python_workers'] for r in scale]}",
+        ),
+        (
+            "R3: featurizations ÷ images, whole DAG run",
+            f"{d['executed'] / d['inputs']:.2f}",
+            f"{d['executed']} featurized (worker log lines in all task logs of one `airflow dags test`), "
+            f"{d['inputs']} inputs",
+        ),
+        (
+            "R4: decode+resize ÷ inference time",
+            f"{s['decode_s'] / s['infer_s']:.3f}",
+            f"decode {s['decode_s']:.2f} s, inference {s['infer_s']:.2f} s ({s['infer_img_s']:.1f} img/s)",
+        ),
+        (
+            "R5: model FLOP rate ÷ matmul FLOP rate",
+            f"{model_gflops / gflops:.2f}",
+            f"{s['infer_img_s']:.1f} img/s × {GFLOP_PER_IMAGE} GFLOP = {model_gflops:.1f} GFLOP/s vs "
+            f"float32 matmul {results['matmul_gflops']} GFLOP/s",
+        ),
+        (
+            "R6: Spark PCA fit ÷ numpy cov+eigh",
+            f"{p['spark_fit_s'] / p['numpy_fit_s']:.1f}",
+            f"Spark {p['spark_fit_s']:.2f} s vs numpy {p['numpy_fit_s']:.2f} s on "
+            f"{p['matrix'][0]}×{p['matrix'][1]} features, k={p['k']}; explained variance max diff "
+            f"{p['variance_max_abs_diff']:.1e}, top-10 components min abs cosine "
+            f"{p['top_component_min_abs_cosine']:.6f}",
+        ),
+        (
+            "R7: `airflow dags test` ÷ Spark steps wall",
+            f"{d['wall_s'] / d['spark_steps_s']:.2f}",
+            f"dags test {d['wall_s']:.1f} s, featurize+pca tasks {d['spark_steps_s']:.1f} s; "
+            f"all tasks {d['task_seconds']}",
+        ),
+        (
+            "R8: throughput by image count",
+            ", ".join(f"{r['images']}: {r['img_s']:.1f} img/s" for r in scale),
+            f"spark-submit walls {[r['wall_s'] for r in scale]} s incl. start-up; marginal rate "
+            f"{marginal:.1f} img/s from {scale[0]['images']} to {scale[-1]['images']} images",
+        ),
+        (
+            "R8: peak memory by image count",
+            ", ".join(f"{r['images']}: {r['peak_rss_gib']} GiB" for r in scale),
+            "whole process tree (driver JVM + Python workers); one Python worker at most "
+            f"{max(r['peak_python_worker_gib'] for r in scale)} GiB",
+        ),
+    ]
+
+
+def report(results: dict) -> str:
+    """The machine fingerprint and the table, as Markdown."""
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, {m['memory_gib']} GiB; "
+        f"Python {m['python']}, {m['java']}",
+        f"TensorFlow {m['tensorflow']}, Keras {m['keras']}, PySpark {m['pyspark']}, numpy {m['numpy']}, "
+        f"pandas {m['pandas']}, pyarrow {m['pyarrow']}",
+        f"Batch {BATCH}, weights random:{WEIGHTS_SEED}, generated 100x100 fruit images, Spark local[2].",
+        "",
+        "| ratio | value | raw figures |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | **{value}** | {raw} |" for name, value, raw in ratios(results)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600, help="images for R1, R4, R5, R7 (default 600)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of the steady-state pair")
+    parser.add_argument("--cold-reps", type=int, default=2, help="repetitions of the cold pair")
+    parser.add_argument("--sizes", default="500,2000,8000", help="image counts for R8")
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--workdir", type=Path, help="keep generated images and outputs here")
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    settings = Settings.from_env()
+    started = time.perf_counter()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="orchard-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        results: dict = {"machine": fingerprint()}
+        log(f"machine: {results['machine']}")
+        images = work / "images"
+        paths = image_set(images, args.images, seed=1)
+        for size in sizes:
+            image_set(work / f"n{size}", size, seed=2)
+        log(f"generated {args.images} + {sizes} images in {work}")
+        results["matmul_gflops"] = matmul_gflops()
+        results["steady"] = steady_state(images, paths, args.reps)
+        results["cold"] = cold_start(settings, images, work, args.cold_reps)
+        results["dag"] = dag_run(settings, images, work / "dag")
+        results["scaling"] = scaling(settings, work, sizes, work)
+        import pandas as pd
+
+        largest = pd.read_parquet(work / f"scale-{sizes[-1]}" / "features")
+        matrix = np.stack(largest.features.to_numpy()).astype(np.float32)
+        results["pca"] = pca_agreement(matrix, k=50, reps=3)
+        results["total_s"] = round(time.perf_counter() - started, 1)
+        print(report(results))
+        print(f"\nbench total: {results['total_s']} s")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
