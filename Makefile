@@ -21,12 +21,12 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
-export AIRFLOW_CONN_ORCHARD_SPARK ?= {"conn_type": "spark", "host": "local[2]"}
+export AIRFLOW_CONN_ORCHARD_SPARK ?= {"conn_type": "spark", "host": "local[2,3]"}
 export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test bench test-spark35 lint venv java shellcheck lock clean up down logs
+.PHONY: demo test bench e2e chromium test-spark35 lint venv java shellcheck lock clean up down logs
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
@@ -86,6 +86,18 @@ java:
 	  fi; \
 	fi
 	@java -version 2>&1 | head -1 | grep -Eq 'version "(1[7-9]|2[0-9])' || { echo "Spark 4 needs Java 17 or newer; found: $$(java -version 2>&1 | head -1)"; exit 1; }
+
+# A user's session in a real browser: Airflow's four services on SQLite, Playwright driving Debian's
+# Chromium. Screenshots (trigger form, successful run, report) go to tests/browser/screenshots/.
+e2e: venv java chromium
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
+
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium for the browser test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "Chromium is required by make e2e (Debian/Ubuntu: sudo apt-get install chromium)"; exit 1; fi; }
 
 # The tests lint the EMR bootstrap script with shellcheck (Debian package); skipped when absent.
 shellcheck:

@@ -407,7 +407,7 @@ def dag_run(settings: Settings, images: Path, work: Path) -> dict:
         "wall_s": wall,
         "task_seconds": {k: round(v, 2) for k, v in durations.items() if v is not None},
         "spark_steps_s": durations["featurize"] + durations["pca"],
-        "inputs": manifest["counts"]["inputs"],
+        "images": manifest["counts"]["featurized"],
         "executed": executed,
     }
 
@@ -473,9 +473,9 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         ),
         (
             "R3: featurizations ÷ images, whole DAG run",
-            f"{d['executed'] / d['inputs']:.2f}",
-            f"{d['executed']} featurized (worker log lines in all task logs of one `airflow dags test`), "
-            f"{d['inputs']} inputs",
+            f"{d['executed'] / d['images']:.2f}",
+            f"{d['executed']} model featurizations (worker log lines in all task logs of one "
+            f"`airflow dags test`) for {d['images']} images",
         ),
         (
             "R4: decode+resize ÷ inference time",

@@ -3,18 +3,41 @@
 
 Turns a folder of fruit photos (one sub-folder per class) into a table of PCA features.
 
-- local target: `upload_images` → `featurize` → `pca` → `export_csv` (spark-submit, local mode)
+- local target: `upload_images` → `featurize` → `pca` → `export_csv` → `report` (spark-submit, local mode)
 - emr target: `stage_artifacts`, `upload_images` → `create_cluster` → `add_featurize_step` →
   `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` → `terminate_cluster` (teardown:
-  it runs whatever happened before it; a failed step still fails the run)
+  it runs whatever happened before it; a failed step still fails the run) and `export_csv` → `report`
 
-1. **upload_images** syncs the source folder into the lake (`$ORCHARD_LAKE/images/<dataset>`),
-   skipping files that are already there and unchanged (on S3: same size and SHA-256; encrypted).
+1. **upload_images** checks the `source` folder (missing or empty: the run stops here, before any
+   upload or cluster) and syncs it into the lake (`$ORCHARD_LAKE/images/<dataset>`), skipping files
+   that are already there and unchanged (on S3: same size and SHA-256; encrypted).
 2. **featurize** (Spark) turns every image into 1280 MobileNetV2 features; files that cannot be
-   decoded go to `quarantine` with a reason. Nothing is dropped silently.
+   decoded go to `quarantine` with a reason. Nothing is dropped silently. Its log shows progress:
+   `featurize progress: 300/600 images (50%), tasks 1/2, 57.3 images/s, … s left`.
 3. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
    `pca_variance` of the variance.
 4. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
+5. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
+   `pc_scatter.png`; its log prints where they are.
+
+## Reading the report
+
+- **Images**: inputs = featurized + quarantined. Every quarantined file is listed with its reason.
+- **Scree plot**: bars are the share of variance each component explains, the line their running
+  total; the dashed red line marks the chosen k (and the dotted grey line the variance target).
+  A long flat tail means the features are spread over many directions: more components are needed.
+- **PC1/PC2 scatter**: one colour per label. Classes that form separate clusters are told apart by
+  the first two components alone; overlapping clouds need more components.
+- A red banner means the run used seeded random weights (ImageNet weights could not be loaded):
+  its features and plots carry no visual meaning.
+- Timings, the weights used and the library versions close the page.
+
+## Runs
+
+`schedule`: `@daily` by default (`ORCHARD_SCHEDULE`: any cron expression, `none` for manual runs
+only, or `asset` to run when `orchard_source_watch` sees new images). `catchup` is off, so the first
+deploy starts at most one run, and one run is active at a time. Trigger with the form to change any
+parameter; the form refuses invalid values and names the field.
 
 Every run writes under `$ORCHARD_LAKE/runs/<run id>/`; `$ORCHARD_LAKE/latest.json` points at the
 newest finished run. `manifest.json` says which weights were used: with `weights_fallback=random`,
@@ -24,6 +47,7 @@ a run that cannot download the ImageNet weights uses seeded random weights and s
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from airflow.providers.amazon.aws.operators.emr import (
     EmrAddStepsOperator,
@@ -36,6 +60,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from orchard import emr, steps
 from orchard.config import Settings
 from orchard.layout import run_layout, slug
+from orchard.schedule import dag_schedule
 
 settings = Settings.from_env()
 JOBS = settings.spark_jobs_dir
@@ -74,6 +99,7 @@ PARAMS = {
     ),
     "weights_fallback": Param(
         settings.weights_fallback,
+        type="string",
         enum=["random", "fail"],
         title="If ImageNet weights cannot be downloaded",
         description="random: go on with seeded random weights (recorded in the manifest); fail: stop.",
@@ -114,7 +140,10 @@ if settings.target == "emr":
 with DAG(
     dag_id="fruits_pipeline",
     doc_md=__doc__,
-    schedule=None,
+    # ORCHARD_SCHEDULE: @daily by default, a cron expression, none, or asset (run on new images).
+    schedule=dag_schedule(settings),
+    # With catchup off, the first deploy runs (at most) the latest interval, never a backlog.
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
@@ -130,6 +159,12 @@ with DAG(
         context = get_current_context()
         params = context["params"]
         source = Path(params["source"]).expanduser().resolve()
+        from orchard.storage import check_source
+
+        try:  # before anything is uploaded or any cluster is created
+            check_source(source)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"param source: {exc}") from exc
         run = run_layout(settings.spark_lake, source.name, context["run_id"])
         started = time.monotonic()
         if settings.lake_on_s3:
@@ -155,6 +190,14 @@ with DAG(
         export_run(lake, settings.lake, get_current_context()["run_id"], run, run["sync"])
         return run["csv"]
 
+    @task
+    def report(run: dict) -> str:
+        """Plots and one HTML page summing up the run; its log says where they are."""
+        from orchard.export import LocalLake, S3Lake, write_report
+
+        lake = S3Lake(_s3_client(), settings.encryption) if settings.lake_on_s3 else LocalLake()
+        return write_report(lake, run)
+
     upload = upload_images()
 
     if settings.target == "local":
@@ -178,7 +221,7 @@ with DAG(
             application_args=steps.pca_args(upload),
             **submit,
         )
-        featurize >> pca >> export_csv(upload)
+        featurize >> pca >> export_csv(upload) >> report(upload)
 
     else:
 
@@ -280,10 +323,12 @@ with DAG(
             task_id="terminate_cluster", job_flow_id=create_cluster.output, **AWS
         ).as_teardown(setups=create_cluster)
         add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
+        # The report needs the lake only: the cluster need not wait for it.
+        export >> report(upload)
 
 
 def _s3_client():
     """S3 client from the Airflow connection (credentials never in code)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from orchard.s3 import airflow_client
 
-    return S3Hook(**AWS).get_conn()
+    return airflow_client(settings)

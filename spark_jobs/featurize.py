@@ -2,7 +2,7 @@
 
     spark-submit featurize.py --images URI --features URI --quarantine URI --summary URI \
         [--weights imagenet|random[:SEED]|PATH_OR_URI] [--weights-fallback fail|random] \
-        [--partitions N] [--limit N]
+        [--partitions N] [--limit N] [--cache URI]
 """
 
 from __future__ import annotations
@@ -34,26 +34,44 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--weights-fallback", default="fail", choices=WEIGHT_FALLBACKS)
     parser.add_argument("--partitions", type=int, default=0, help="0: a multiple of the task slots")
     parser.add_argument("--limit", type=int, default=0, help="featurize only the first N files (0: all)")
+    parser.add_argument(
+        "--cache", default="", help="features cache folder URI: contents seen before are not featurized again"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
-    """Run the featurize step."""
+    """Run the featurize step in its own Spark application."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.time()
     spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
+    run(spark, args)
+    spark.stop()
+
+
+def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """The featurize step on a running Spark session; returns the summary it wrote."""
+    started = time.time()
     weights = resolve_weights(args.weights, args.weights_fallback)
     broadcast = spark.sparkContext.broadcast(weights.arrays)
     files, listed = features.read_images(spark, args.images, args.limit or None)
+    digest = features.weights_digest(weights.arrays)
+    cache_at = features.cache_uri(args.cache, digest) if args.cache else None
+    cache = features.read_cache(spark, cache_at) if cache_at else None
+    todo, known, pending = features.split_by_cache(files, cache)
+    pending = len(listed) if pending is None else pending
     # One Python worker per task slot, each with as many TensorFlow threads as a task has cores.
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
     slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
-    partitions = args.partitions or features.plan_partitions(len(listed), slots)
-    results = features.featurize(files, args.images, broadcast, partitions, threads=task_cpus)
+    partitions = args.partitions or features.plan_partitions(pending, slots)
+    results = features.featurize_incremental(todo, known, args.images, broadcast, partitions, task_cpus)
     # The counts and both outputs come from one evaluation: the model runs once per image.
     results.persist(StorageLevel.MEMORY_AND_DISK)
-    with StageProgress(spark.sparkContext, "orchard-featurize", partitions, len(listed)):
+    if cache_at:
+        logging.getLogger("featurize").info(
+            "%d of %d files to featurize; the others' contents are in the cache", pending, len(listed)
+        )
+    with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
         counts = features.count_outcomes(results)
     unread = []
     if counts["inputs"] < len(listed):
@@ -61,6 +79,8 @@ def main(argv: list[str]) -> None:
         counts = {**counts, "inputs": len(listed), "quarantined": counts["quarantined"] + len(unread)}
     features.featurized(results).write.mode("overwrite").parquet(args.features)
     features.quarantined(results, unread).write.mode("overwrite").parquet(args.quarantine)
+    if cache_at:  # new files of the cache, written once this run's outputs are complete
+        features.new_cache_rows(results).write.mode("append").parquet(cache_at)
     results.unpersist()
 
     summary = {
@@ -70,13 +90,19 @@ def main(argv: list[str]) -> None:
         "weights": weights.describe(),
         "partitions": partitions,
         "threads_per_task": task_cpus,
+        "cache": cache_at,
         "limit": args.limit or None,
         "seconds": round(time.time() - started, 3),
         "versions": versions(spark),
     }
     lake.write_json(spark, args.summary, summary)
-    logging.getLogger("featurize").info("featurize done: %s", counts)
-    spark.stop()
+    logging.getLogger("featurize").info(
+        "featurize done: %s (model ran on %d images, %d from the cache)",
+        counts,
+        counts["featurized"] - counts["from_cache"],
+        counts["from_cache"],
+    )
+    return summary
 
 
 if __name__ == "__main__":

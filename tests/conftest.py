@@ -27,7 +27,7 @@ os.environ.update(
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW_CONN_ORCHARD_SPARK": '{"conn_type": "spark", "host": "local[2]"}',
+        "AIRFLOW_CONN_ORCHARD_SPARK": '{"conn_type": "spark", "host": "local[2,3]"}',
         # spark-submit is run from PATH by the Spark provider; it lives beside this Python.
         "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
         "PYSPARK_PYTHON": sys.executable,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -56,7 +57,19 @@ NOT_EXERCISED = {
     "kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
     "kms:Decrypt": "reads and multipart uploads with SSE-KMS",
     "s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
+    "s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
 }
+
+
+SECRETS = (f"env-secret-{secrets.token_hex(12)}", f"conn-secret-{secrets.token_hex(12)}")
+
+
+def assert_no_secrets(*texts: str) -> None:
+    """None of the configured secret values appears in the task logs (console and log files)."""
+    files = [p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"]).rglob("*.log")]
+    for text in [*texts, *files]:
+        for secret in SECRETS:
+            assert secret not in text
 
 
 @pytest.fixture
@@ -65,12 +78,21 @@ def moto_server(monkeypatch):
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # Credentials in the environment (the AWS chain) and in the Airflow connection, each unique
+    # so that the tests can look for them in every log.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAORCHARDENVTEST01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS[0])
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps({"conn_type": "aws", "extra": {"endpoint_url": url, "region_name": REGION}}),
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIAORCHARDCONNTEST1",
+                "password": SECRETS[1],
+                "extra": {"endpoint_url": url, "region_name": REGION},
+            }
+        ),
     )
     for key, value in {
         "ORCHARD_TARGET": "emr",
@@ -179,7 +201,7 @@ class EmrStandIn(threading.Thread):
             return arg.replace(f"s3://{BUCKET}/", f"file://{mirror}/")
 
         args = list(step.args)
-        assert args[:4] == ["spark-submit", "--deploy-mode", "cluster", "--py-files"], args
+        assert args[:4] == ["spark-submit", "--deploy-mode", "client", "--py-files"], args
         command = [
             "spark-submit",
             "--master",
@@ -225,7 +247,7 @@ def load_dag():
 
 
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, tmp_path, api_calls
+    airflow_db, moto_server, tmp_path, api_calls, capfd
 ):
     s3 = moto_server
     calls, ignored = api_calls
@@ -287,6 +309,18 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert len(image_keys) == 25
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
+    check_report_and_logs(s3, manifest, capfd)
+
+
+def check_report_and_logs(s3, manifest: dict, capfd) -> None:
+    """The report is in the run's output, encrypted, its log says where; no credential in any log."""
+    report_key = manifest["outputs"]["report"].removeprefix(f"s3://{BUCKET}/")
+    assert s3.head_object(Bucket=BUCKET, Key=report_key)["ServerSideEncryption"] == "AES256"
+    sys.stdout.flush()  # the task logs still in Python's buffer
+    output = capfd.readouterr()
+    assert f"run report: {manifest['outputs']['report']}" in output.out + output.err
+    assert_no_secrets(output.out, output.err)
+
 
 def test_failed_featurize_step_fails_the_run_and_still_terminates(
     airflow_db, moto_server, tmp_path, capfd, api_calls
@@ -310,6 +344,8 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     (cluster,) = clusters().values()
     assert [s.name for s in cluster.steps] == ["orchard-featurize"]  # PCA never added
     assert cluster.state == "TERMINATED"
+    sys.stdout.flush()
     output = capfd.readouterr()
     assert STDERR_TAIL in output.out + output.err
     assert iam_actions(calls) <= policy_actions()
+    assert_no_secrets(output.out, output.err)

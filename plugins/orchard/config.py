@@ -30,6 +30,10 @@ class Settings:
     weights_fallback: str
     aws_conn_id: str = "aws_default"
     region: str = "eu-west-1"
+    # "@daily" (default), any cron expression or preset, "none" (manual runs only), or "asset":
+    # a run whenever orchard_source_watch sees new or changed images in the source folder.
+    schedule: str = "@daily"
+    watch_schedule: str = "*/10 * * * *"
     kms_key_id: str | None = None
     emr_release: str = "emr-7.14.0"
     emr_instance_type: str = "m5.xlarge"
@@ -65,6 +69,8 @@ class Settings:
             spark_driver_memory=env.get("ORCHARD_SPARK_DRIVER_MEMORY", "2g"),
             weights=env.get("ORCHARD_WEIGHTS", "imagenet"),
             weights_fallback=env.get("ORCHARD_WEIGHTS_FALLBACK", "random"),
+            schedule=env.get("ORCHARD_SCHEDULE", "@daily").strip(),
+            watch_schedule=env.get("ORCHARD_WATCH_SCHEDULE", "*/10 * * * *").strip(),
             aws_conn_id=env.get("ORCHARD_AWS_CONN_ID", "aws_default"),
             region=env.get("ORCHARD_AWS_REGION", "eu-west-1"),
             kms_key_id=env.get("ORCHARD_KMS_KEY_ID") or None,

@@ -137,8 +137,13 @@ def step_conf() -> dict[str, str]:
 
 
 def spark_step(name: str, script: Any, args: Sequence[Any], *, py_files: Any) -> dict[str, Any]:
-    """An EMR step that spark-submits `script` in cluster mode; a failure cancels later steps."""
-    submit = ["spark-submit", "--deploy-mode", "cluster", "--py-files", py_files]
+    """An EMR step that spark-submits `script`; a failure cancels later steps.
+
+    Client deploy mode: the driver runs on the primary node, so its log (progress lines, the
+    summary, a Python traceback) is the step's own stdout/stderr, which the step sensor tails on
+    failure. spark-submit downloads the s3:// script and --py-files itself in client mode.
+    """
+    submit = ["spark-submit", "--deploy-mode", "client", "--py-files", py_files]
     for key, value in step_conf().items():
         submit += ["--conf", f"{key}={value}"]
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from orchard import s3
@@ -31,6 +32,36 @@ class LocalLake:
         merge_csv(header, local_path(parts_uri), local_path(dest_uri))
         return {}
 
+    def read_parquet(self, uri: str) -> Any:
+        """A Parquet folder as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_parquet(local_path(uri))
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> None:
+        """A small file, replaced atomically."""
+        with replaced_atomically(local_path(uri)) as out:
+            out.write(data)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """A whole file."""
+        return local_path(uri).read_bytes()
+
+    def exists(self, uri: str) -> bool:
+        """Whether a file or folder is there."""
+        return local_path(uri).exists()
+
+    def delete(self, uri: str) -> None:
+        """Remove one file."""
+        local_path(uri).unlink()
+
+    def list_files(self, prefix_uri: str) -> list[str]:
+        """URIs of all files below a folder (none when it does not exist)."""
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return []
+        return sorted(f"file://{p}" for p in root.rglob("*") if p.is_file())
+
 
 class S3Lake:
     """A lake under an s3:// prefix; every write encrypted."""
@@ -50,6 +81,48 @@ class S3Lake:
     def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, Any]:
         """Assemble the CSV inside S3 (multipart copy) from the parts behind a header."""
         return s3.merge_csv(self.client, header, parts_uri, dest_uri, self.encryption)
+
+    def read_parquet(self, uri: str) -> Any:
+        """A Parquet folder (Spark's output) as a pandas DataFrame, through a temporary copy."""
+        import tempfile
+
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as workdir:
+            files = s3.download_prefix(self.client, uri, Path(workdir), suffix=".parquet")
+            if not files:
+                raise FileNotFoundError(f"no Parquet files under {uri}")
+            return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> None:
+        """A small object, encrypted."""
+        s3.put_bytes(self.client, uri, data, self.encryption, content_type)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """A whole object (FileNotFoundError when there is none)."""
+        bucket, key = s3.split_uri(uri)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(uri) from exc
+
+    def exists(self, uri: str) -> bool:
+        """Whether an object, or objects below this prefix, are there."""
+        bucket, key = s3.split_uri(uri)
+        listing = self.client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return listing.get("KeyCount", 0) > 0
+
+    def delete(self, uri: str) -> None:
+        """Remove one object."""
+        bucket, key = s3.split_uri(uri)
+        self.client.delete_object(Bucket=bucket, Key=key)
+
+    def list_files(self, prefix_uri: str) -> list[str]:
+        """URIs of all objects below a prefix."""
+        bucket, prefix = s3.split_uri(prefix_uri)
+        return [
+            f"s3://{bucket}/{prefix}/{key}" for key in sorted(s3.existing_sizes(self.client, bucket, prefix))
+        ]
 
 
 def build_manifest(
@@ -73,6 +146,7 @@ def build_manifest(
             "upload_failed": len(sync["failed"]),
             "hidden_names_ignored": len(sync["ignored"]),
             "accounted": counts["inputs"] == counts["featurized"] + counts["quarantined"],
+            "featurized_now": counts["featurized"] - counts.get("from_cache", 0),
         },
         "upload_failures": sync["failed"],
         "hidden_names_ignored": sync["ignored"],
@@ -89,7 +163,8 @@ def build_manifest(
             "pca": pca.get("seconds"),
         },
         "versions": featurized.get("versions", {}),
-        "outputs": {key: run[key] for key in ("features", "quarantine", "pca", "model", "csv")},
+        "images": run["images"],
+        "outputs": {key: run[key] for key in ("features", "quarantine", "pca", "model", "csv", "report")},
     }
 
 
@@ -111,3 +186,33 @@ def export_run(
         log.warning("%s", warning)
     log.info("pcaFeatures.csv: %s (%d rows, k=%d)", run["csv"], pca["n_images"], pca["k"])
     return manifest
+
+
+def lake_for(settings: Any, client: Any = None) -> LocalLake | S3Lake:
+    """The lake of these settings; on S3 with `client`, or one from the standard AWS chain."""
+    if not settings.lake_on_s3:
+        return LocalLake()
+    if client is None:
+        client = s3.client_for(settings)
+    return S3Lake(client, settings.encryption)
+
+
+REPORT_TYPES = {".png": "image/png", ".html": "text/html; charset=utf-8"}
+
+
+def write_report(lake: LocalLake | S3Lake, run: Mapping[str, str]) -> str:
+    """The run report (plots + one HTML page) under the run's `report/`; returns the page's URI."""
+    from orchard.report import build_report
+
+    manifest = lake.read_json(run["manifest"])
+    pca_summary = lake.read_json(run["pca_summary"])
+    scores = lake.read_parquet(run["pca"])
+    quarantine = lake.read_parquet(run["quarantine"])
+    files = build_report(manifest, pca_summary, scores, quarantine)
+    page = run["report"]
+    folder = page.rsplit("/", 1)[0]
+    for name, data in files.items():
+        lake.write_bytes(f"{folder}/{name}", data, REPORT_TYPES[name[name.rindex(".") :]])
+    log.info("run report: %s", page)
+    log.info("report plots: %s/scree.png, %s/pc_scatter.png", folder, folder)
+    return page

@@ -21,6 +21,8 @@ def run_layout(lake: str, dataset: str, run_id: str) -> dict[str, str]:
     root = f"{lake}/runs/{slug(run_id)}"
     return {
         "images": f"{lake}/images/{slug(dataset)}",
+        # Features by image content (SHA-256) and weights, shared by all runs: never computed twice.
+        "cache": f"{lake}/cache/features",
         "root": root,
         "features": f"{root}/features",
         "quarantine": f"{root}/quarantine",
@@ -31,6 +33,7 @@ def run_layout(lake: str, dataset: str, run_id: str) -> dict[str, str]:
         "csv_parts": f"{root}/csv_parts",
         "csv": f"{root}/pcaFeatures.csv",
         "manifest": f"{root}/manifest.json",
+        "report": f"{root}/report/report.html",
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 
 from orchard.storage import SyncReport, sync_each
 
@@ -19,6 +20,25 @@ log = logging.getLogger(__name__)
 MIN_PART = 5 * 1024 * 1024
 HEADER = "header"
 SHA256_META = "sha256"
+
+
+# Transient S3 errors (500, 503 SlowDown, throttling, connection resets) are retried by botocore
+# with exponential backoff and jitter, up to 10 attempts per request.
+RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 10})
+
+
+def client_for(settings: Any) -> Any:
+    """An S3 client from the standard AWS credential chain (outside Airflow), with retries."""
+    import boto3
+
+    return boto3.client("s3", region_name=settings.region, endpoint_url=settings.s3_endpoint, config=RETRIES)
+
+
+def airflow_client(settings: Any) -> Any:
+    """An S3 client from the Airflow connection (credentials never in code), with retries."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=settings.aws_conn_id, region_name=settings.region, config=RETRIES).get_conn()
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -197,9 +217,26 @@ def read_json(client: Any, uri: str) -> dict:
 
 def write_json(client: Any, uri: str, payload: Mapping[str, Any], encryption: Mapping[str, str]) -> None:
     """A small JSON object to S3, encrypted."""
-    bucket, key = split_uri(uri)
     body = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **encryption)
+    put_bytes(client, uri, body, encryption, "application/json")
+
+
+def put_bytes(client: Any, uri: str, body: bytes, encryption: Mapping[str, str], content_type: str) -> None:
+    """A small object to S3, encrypted."""
+    bucket, key = split_uri(uri)
+    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **encryption)
+
+
+def download_prefix(client: Any, uri: str, dest: Path, suffix: str = "") -> list[Path]:
+    """Download the objects under a prefix whose names end with `suffix` into `dest` (flat)."""
+    bucket, prefix = split_uri(uri)
+    files = []
+    for key in sorted(existing_sizes(client, bucket, prefix)):
+        if key.endswith(suffix) and not key.rsplit("/", 1)[-1].startswith(("_", ".")):
+            target = dest / key.replace("/", "__")
+            client.download_file(bucket, f"{prefix}/{key}", str(target))
+            files.append(target)
+    return files
 
 
 def upload_files(

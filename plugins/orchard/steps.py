@@ -26,6 +26,7 @@ def featurize_args(run: Mapping[str, Any], weights: Any = "{{ params.weights }}"
         "--weights-fallback", "{{ params.weights_fallback }}",
         "--partitions", "{{ params.partitions or 0 }}",
         "--limit", "{{ params.limit or 0 }}",
+        "--cache", run["cache"],
     ]  # fmt: skip
 
 

@@ -38,7 +38,22 @@ RESULT_TYPE = T.StructType(
         # The Python worker (process id) that computed the row: model builds ÷ distinct workers
         # shows whether every worker built its model exactly once.
         T.StructField("worker", T.IntegerType(), True),
+        # SHA-256 of the file's bytes: the key of the features cache.
+        T.StructField("sha256", T.StringType(), True),
+        # True when the features came from the cache instead of the model.
+        T.StructField("from_cache", T.BooleanType(), True),
     ]
+)
+
+# The features cache: one row per distinct image content ever featurized with given weights.
+CACHE_TYPE = T.StructType(
+    [
+        T.StructField("sha256", T.StringType(), False),
+        T.StructField("features", T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+LOCATION_TYPE = T.StructType(
+    [T.StructField("path", T.StringType(), True), T.StructField("label", T.StringType(), True)]
 )
 
 QUARANTINE_TYPE = T.StructType(
@@ -166,18 +181,31 @@ def featurize(files: DataFrame, root: str, weights: Any, partitions: int, thread
 
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        featurizer, built = None, False
         worker = os.getpid()
+        state: dict[str, Any] = {"model": None, "built": False}
+
+        def model(images: np.ndarray) -> np.ndarray:
+            # Built (or taken from this worker's cache) when there is a first image to infer: a
+            # task that only meets undecodable files builds nothing.
+            if state["model"] is None:
+                state["model"], state["built"] = featurizer_for(weights, digest, threads)
+            return state["model"](images)
+
         for paths, contents in batches:
-            if featurizer is None:  # built on the first batch: an empty partition builds nothing
-                featurizer, built = featurizer_for(weights, digest, threads)
             started = time.perf_counter()
-            records = featurize_records(featurizer, root, paths, contents)
-            records["model_built"] = [built and i == 0 for i in range(len(records))]
-            records["worker"] = worker
-            built = built and records.empty
+            records = featurize_records(model, root, paths, contents)
+            inferred = records["reason"].isna()
+            records["model_built"] = False
+            if state["built"] and inferred.any():  # counted once, on the first featurized row
+                records.loc[inferred.idxmax(), "model_built"] = True
+                state["built"] = False
+            # Only rows the model computed name their worker: builds ÷ workers counts workers
+            # that used a model.
+            records["worker"] = pd.array([worker if ok else None for ok in inferred], dtype="Int32")
+            records["sha256"] = [hashlib.sha256(content).hexdigest() for content in contents]
+            records["from_cache"] = False
             print(
-                f"orchard: featurized {len(records)} files in python worker pid={worker} "
+                f"orchard: featurized {int(inferred.sum())} files in python worker pid={worker} "
                 f"({time.perf_counter() - started:.2f} s)",
                 file=sys.stderr,
                 flush=True,
@@ -188,6 +216,69 @@ def featurize(files: DataFrame, root: str, weights: Any, partitions: int, thread
     # is what keeps every core busy with inference.
     spread = files.repartition(partitions)
     return spread.select(_featurize("path", "content").alias("r")).select("r.*")
+
+
+def cache_uri(cache_root: str, digest: str) -> str:
+    """Where features computed with weights of this digest are cached."""
+    return f"{cache_root}/weights={digest[:16]}"
+
+
+def read_cache(spark: SparkSession, uri: str) -> DataFrame | None:
+    """The cached (sha256, features) rows, one per content; None when nothing is cached yet."""
+    from orchard_jobs import lake
+
+    if not lake.exists(spark, uri):
+        return None
+    return spark.read.schema(CACHE_TYPE).parquet(uri).dropDuplicates(["sha256"])
+
+
+def split_by_cache(
+    files: DataFrame, cache: DataFrame | None
+) -> tuple[DataFrame, DataFrame | None, int | None]:
+    """(files the model must see, (path, sha256, features) of files already cached, how many to compute).
+
+    Hashing reads every file once; only the files whose content is not cached are read again.
+    Without a cache, every file is to compute (the count is then the listing's: None here).
+    """
+    if cache is None:
+        return files, None, None
+    hashes = files.select("path", F.sha2("content", 256).alias("sha256")).persist()
+    todo_paths = hashes.join(cache.select("sha256"), "sha256", "left_anti").select("path")
+    pending = todo_paths.count()
+    todo = files.join(F.broadcast(todo_paths), "path", "left_semi")
+    known = hashes.join(cache, "sha256", "inner")
+    return todo, known, pending
+
+
+def featurize_incremental(
+    todo: DataFrame, known: DataFrame | None, root: str, weights: Any, partitions: int, threads: int = 0
+) -> DataFrame:
+    """featurize() on the files to compute, plus one row per cached file with the cached features."""
+    computed = featurize(todo, root, weights, partitions, threads)
+    if known is None:
+        return computed
+
+    @F.pandas_udf(LOCATION_TYPE)
+    def _locate(paths: pd.Series) -> pd.DataFrame:
+        rel_paths = [relative_path(p, root) for p in paths]
+        return pd.DataFrame({"path": rel_paths, "label": [label_for(p) for p in rel_paths]})
+
+    cached = known.select(
+        _locate("path").alias("where"),
+        "features",
+        F.lit(None).cast("string").alias("reason"),
+        F.lit(False).alias("model_built"),
+        F.lit(None).cast("int").alias("worker"),
+        "sha256",
+        F.lit(True).alias("from_cache"),
+    ).select("where.*", "features", "reason", "model_built", "worker", "sha256", "from_cache")
+    return computed.unionByName(cached)
+
+
+def new_cache_rows(results: DataFrame) -> DataFrame:
+    """Features the model computed in this run, keyed by content: what to append to the cache."""
+    fresh = results.where(F.col("reason").isNull() & ~F.col("from_cache"))
+    return fresh.select("sha256", "features").dropDuplicates(["sha256"])
 
 
 def featurized(results: DataFrame) -> DataFrame:
@@ -213,6 +304,7 @@ def count_outcomes(results: DataFrame) -> dict[str, int]:
         F.count(F.when(~ok, 1)).alias("quarantined"),
         F.count(F.when(F.col("model_built"), 1)).alias("model_builds"),
         F.countDistinct("worker").alias("python_workers"),
+        F.count(F.when(F.col("from_cache"), 1)).alias("from_cache"),
     ).first()
-    keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers")
+    keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
     return {key: row[key] for key in keys}

@@ -27,3 +27,9 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
 def write_json(spark: SparkSession, uri: str, payload: dict[str, Any]) -> None:
     """Write one small JSON document at `uri`."""
     write_text(spark, uri, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    """Whether a file or folder exists at `uri`."""
+    path, fs = _path_and_fs(spark, uri)
+    return bool(fs.exists(path))

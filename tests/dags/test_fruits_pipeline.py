@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 DAG_ID = "fruits_pipeline"
+DAGS = ["forget_images", DAG_ID]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ EMR_GRAPH = {
     "wait_pca": ["add_pca_step", "create_cluster", "upload_images"],
     "export_csv": ["upload_images", "wait_pca"],
     "terminate_cluster": ["create_cluster", "export_csv"],
+    "report": ["export_csv", "upload_images"],
 }
 
 
@@ -47,8 +49,10 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
         "dag = bag.dags.get('fruits_pipeline')\n"
         "graph = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} if dag else {}\n"
         "teardowns = [t.task_id for t in dag.tasks if t.is_teardown] if dag else []\n"
+        "timetable = type(dag.timetable).__name__ if dag else None\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
-        " 'dags': bag.dag_ids, 'heavy': heavy, 'graph': graph, 'teardowns': teardowns}))\n"
+        " 'dags': sorted(bag.dag_ids), 'heavy': heavy, 'graph': graph, 'teardowns': teardowns,"
+        " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env={**env, **extra_env}, capture_output=True, text=True, check=True
@@ -58,13 +62,30 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
 
 def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports():
     result = parse_in_clean_interpreter({})
-    assert (result["errors"], result["dags"], result["heavy"]) == ({}, [DAG_ID], [])
-    assert set(result["graph"]) == {"upload_images", "featurize", "pca", "export_csv"}
+    assert (result["errors"], result["dags"], result["heavy"]) == ({}, DAGS, [])
+    assert set(result["graph"]) == {"upload_images", "featurize", "pca", "export_csv", "report"}
+    assert result["summary"] == "@daily"  # the documented default schedule
+
+
+@pytest.mark.parametrize(
+    ("value", "timetable"), [("none", "NullTimetable"), ("0 3 * * 1", "CronTriggerTimetable")]
+)
+def test_schedule_is_configurable(value, timetable):
+    result = parse_in_clean_interpreter({"ORCHARD_SCHEDULE": value})
+    assert (result["errors"], result["dags"]) == ({}, DAGS)
+    assert result["timetable"] == timetable
+
+
+def test_asset_schedule_adds_the_source_watch():
+    result = parse_in_clean_interpreter({"ORCHARD_SCHEDULE": "asset"})
+    assert (result["errors"], result["heavy"]) == ({}, [])
+    assert result["dags"] == [*DAGS, "orchard_source_watch"]
+    assert result["timetable"] == "AssetTriggeredTimetable"
 
 
 def test_emr_target_renders_the_full_graph_with_no_connections():
     result = parse_in_clean_interpreter({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://bucket/lake"})
-    assert (result["errors"], result["dags"], result["heavy"]) == ({}, [DAG_ID], [])
+    assert (result["errors"], result["dags"], result["heavy"]) == ({}, DAGS, [])
     assert result["graph"] == EMR_GRAPH
     assert result["teardowns"] == ["terminate_cluster"]
 
@@ -76,6 +97,7 @@ def test_task_graph(dag):
         "featurize": ["upload_images"],
         "pca": ["featurize", "upload_images"],
         "export_csv": ["pca", "upload_images"],
+        "report": ["export_csv", "upload_images"],
     }
 
 
@@ -90,7 +112,9 @@ def test_spark_steps_are_spark_submits_of_the_jobs(dag):
 def test_one_run_at_a_time_and_documented(dag):
     assert dag.max_active_runs == 1
     assert not dag.catchup
+    assert dag.start_date is not None
     assert "pcaFeatures.csv" in dag.doc_md
+    assert "## Reading the report" in dag.doc_md
 
 
 def test_every_param_is_a_documented_form_field(dag):
@@ -100,6 +124,9 @@ def test_every_param_is_a_documented_form_field(dag):
     for name, param in dag.params.items():
         assert param.schema.get("title"), name
         assert param.description, name
+        assert param.schema.get("type"), name  # the form renders a field of the right kind
+        bounded = {"enum", "pattern", "minimum", "exclusiveMinimum", "minLength"} & set(param.schema)
+        assert bounded, f"{name} accepts anything"
 
 
 @pytest.mark.parametrize(

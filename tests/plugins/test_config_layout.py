@@ -20,6 +20,8 @@ def test_defaults_are_the_embedded_local_setup():
     assert settings.spark_jobs_dir == str(PROJECT_ROOT / "spark_jobs")
     assert settings.pyspark_python == sys.executable
     assert (settings.weights, settings.weights_fallback) == ("imagenet", "random")
+    assert settings.region == "eu-west-1"  # EU by default (photos may be personal data)
+    assert settings.schedule == "@daily"
 
 
 def test_environment_overrides(tmp_path):
@@ -65,7 +67,8 @@ def test_run_layout_keeps_runs_apart():
     two = run_layout("s3://b/lake", "Fruits 360", "scheduled__2")
     assert one["images"] == two["images"] == "s3://b/lake/images/Fruits_360"
     assert one["csv"] == "s3://b/lake/runs/manual__1/pcaFeatures.csv"
-    outputs = {k: v for k, v in one.items() if k != "images"}
+    assert one["cache"] == two["cache"] == "s3://b/lake/cache/features"  # shared by all runs
+    outputs = {k: v for k, v in one.items() if k not in {"images", "cache"}}
     assert all(v.startswith("s3://b/lake/runs/manual__1") for v in outputs.values())
     assert not set(outputs.values()) & set(two.values())
 
@@ -84,6 +87,7 @@ def test_step_arguments_name_every_output():
     assert flags["--images"] == "file:///lake/images/sample"
     assert flags["--features"] == run["features"]
     assert flags["--weights"] == "{{ params.weights }}"
+    assert flags["--cache"] == "file:///lake/cache/features"
     pca_flags = dict(zip(pca[::2], pca[1::2], strict=True))
     assert pca_flags["--features"] == run["features"]
     assert pca_flags["--csv-parts"] == run["csv_parts"]

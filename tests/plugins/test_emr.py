@@ -100,19 +100,21 @@ def test_emr_target_needs_an_s3_lake():
         Settings.from_env({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "/tmp/lake"})
 
 
-def test_spark_step_is_a_cluster_mode_spark_submit():
+def test_spark_step_is_a_client_mode_spark_submit_sized_from_the_bench():
     step = emr.spark_step(
         "orchard-pca", "s3://b/a/pca.py", ["--k", "5"], py_files="s3://b/a/orchard_jobs.zip"
     )
     assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
     assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
     args = step["HadoopJarStep"]["Args"]
-    assert args[:5] == ["spark-submit", "--deploy-mode", "cluster", "--py-files", "s3://b/a/orchard_jobs.zip"]
+    assert args[:5] == ["spark-submit", "--deploy-mode", "client", "--py-files", "s3://b/a/orchard_jobs.zip"]
     assert args[-3:] == ["s3://b/a/pca.py", "--k", "5"]
     confs = dict(a.split("=", 1) for a in args[args.index("--conf") : -3] if a != "--conf")
     assert confs["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
-    assert "spark.executor.memoryOverhead" in confs
+    # One Python worker per core with one TensorFlow thread each, room for 4 models (BENCHMARKS.md).
+    assert (confs["spark.executor.cores"], confs["spark.task.cpus"]) == ("4", "1")
+    assert (confs["spark.executor.memory"], confs["spark.executor.memoryOverhead"]) == ("2g", "8g")
 
 
 def test_step_timeout_grows_with_images():

@@ -158,3 +158,66 @@ def test_staged_files_already_under_their_content_prefix_are_not_sent_again(clie
     monkeypatch.setattr(client, "upload_file", lambda *args, **kwargs: sent.append(args))
     assert s3.upload_files(client, {"pca.py": job}, f"s3://{BUCKET}/artifacts/abc", SSE_S3) == uris
     assert sent == []
+
+
+class _Body:
+    """The raw body of a canned HTTP response."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+def flaky(client, operation: str, failures: int, status: int = 503) -> list[int]:
+    """Make the first `failures` calls of `operation` fail with `status` before reaching S3 (moto)."""
+    from botocore.awsrequest import AWSResponse
+
+    calls: list[int] = []
+
+    def respond(request, **_):
+        calls.append(1)
+        if len(calls) <= failures:
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            return AWSResponse(request.url, status, {}, _Body(body))
+        return None
+
+    client.meta.events.register_first(f"before-send.s3.{operation}", respond)
+    return calls
+
+
+def test_transient_s3_errors_are_retried_with_backoff(monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda _: None)  # botocore's backoff, skipped in the test
+    with mock_aws():
+        client = boto3.client("s3", region_name="eu-west-1", config=s3.RETRIES)
+        client.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        calls = flaky(client, "PutObject", failures=3)
+        s3.write_json(
+            client, "s3://lake/runs/r/manifest.json", {"ok": True}, {"ServerSideEncryption": "AES256"}
+        )
+        assert len(calls) == 4  # three 503 SlowDown, then success
+        assert s3.read_json(client, "s3://lake/runs/r/manifest.json") == {"ok": True}
+
+
+def test_without_the_retry_configuration_the_same_fault_fails(monkeypatch):
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    with mock_aws():
+        client = boto3.client("s3", region_name="eu-west-1", config=Config(retries={"max_attempts": 1}))
+        client.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        flaky(client, "PutObject", failures=3)
+        with pytest.raises(ClientError, match="SlowDown"):
+            s3.write_json(client, "s3://lake/x.json", {}, {"ServerSideEncryption": "AES256"})
+
+
+def test_airflow_and_cli_clients_carry_the_retry_configuration(monkeypatch):
+    from orchard.config import Settings
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    settings = Settings.from_env({})
+    with mock_aws():
+        for client in (s3.airflow_client(settings), s3.client_for(settings)):
+            assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}

@@ -118,7 +118,7 @@ def test_limit_takes_the_first_paths(spark, image_dir):
 def test_outputs_split_by_reason(spark, outcome):
     rows, _, unread = outcome
     results = spark.createDataFrame(
-        [(r.path, r.label, r.features, r.reason, r.model_built, r.worker) for r in rows], features.RESULT_TYPE
+        [tuple(r[name] for name in features.RESULT_TYPE.fieldNames()) for r in rows], features.RESULT_TYPE
     )
     good = features.featurized(results)
     bad = features.quarantined(results, unread)

@@ -1,0 +1,71 @@
+"""When fruits_pipeline runs: a time schedule, manual runs only, or when new images land.
+
+ORCHARD_SCHEDULE=@daily (default) | any cron expression or preset | none | asset
+
+With `asset`, the small DAG `orchard_source_watch` looks at the source folder every
+ORCHARD_WATCH_SCHEDULE (default every 10 minutes) and updates the source asset only when the
+folder changed since the last look; fruits_pipeline is scheduled on that asset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from orchard.config import Settings
+from orchard.storage import is_hidden, list_source
+
+ASSET_NAME = "orchard_source_images"
+NO_SCHEDULE = {"", "none", "null", "manual"}
+
+
+def source_asset(settings: Settings) -> Any:
+    """The asset standing for the images in the default source folder."""
+    from airflow.sdk import Asset
+
+    return Asset(name=ASSET_NAME, uri=Path(settings.default_source).resolve().as_uri())
+
+
+def dag_schedule(settings: Settings) -> Any:
+    """fruits_pipeline's `schedule` argument for the configured ORCHARD_SCHEDULE."""
+    value = settings.schedule
+    if value.lower() in NO_SCHEDULE:
+        return None
+    if value.lower() == "asset":
+        return source_asset(settings)
+    return value
+
+
+def source_fingerprint(source: Path) -> dict[str, Any]:
+    """What changes when images land, change or go: count, bytes, newest mtime, digest of the listing."""
+    digest = hashlib.sha256()
+    files = size = 0
+    newest = 0.0
+    for rel in list_source(source):
+        if is_hidden(rel):
+            continue
+        stat = os.stat(source / rel)
+        files += 1
+        size += stat.st_size
+        newest = max(newest, stat.st_mtime)
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"files": files, "bytes": size, "newest_mtime": newest, "listing_sha256": digest.hexdigest()}
+
+
+def detect_change(lake: Any, state_uri: str, source: Path) -> dict[str, Any] | None:
+    """The source's fingerprint if it differs from the one stored at `state_uri` (then stored), else None."""
+    current = source_fingerprint(source)
+    try:
+        previous = lake.read_json(state_uri)
+    except FileNotFoundError:
+        previous = None
+    except Exception as exc:  # S3: NoSuchKey comes as a botocore ClientError
+        if "NoSuchKey" not in str(exc) and "404" not in str(exc):
+            raise
+        previous = None
+    if previous == current:
+        return None
+    lake.write_json(state_uri, current)
+    return current

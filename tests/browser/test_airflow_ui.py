@@ -1,0 +1,209 @@
+"""A user's session in a real browser: log in, trigger fruits_pipeline with the form, see it succeed,
+open the report. Airflow runs as its four services (api-server, scheduler, dag-processor,
+triggerer) on SQLite with the LocalExecutor; Playwright drives Debian's Chromium headless.
+
+Run with `make e2e`; screenshots land in `tests/browser/screenshots/` (or $ORCHARD_E2E_SHOTS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchard.layout import local_path
+from orchard.samples import generate
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("ORCHARD_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("ORCHARD_E2E_SHOTS", ROOT / "tests" / "browser" / "screenshots"))
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+# What the probe of this machine found Chromium needs in a closed network, headless, as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory) -> Iterator[dict]:
+    """Airflow's four services on a fresh SQLite DB; yields the URL, the login and the lake."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: `make e2e` installs Debian's chromium")
+    work = tmp_path_factory.mktemp("airflow-ui")
+    home, lake, images = work / "home", work / "lake", work / "images"
+    home.mkdir()
+    generate(images, per_class=3, seed=7)
+    password = secrets.token_urlsafe(12)
+    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_ORCHARD_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "ORCHARD_LAKE": str(lake),
+        "ORCHARD_SOURCE": str(images),
+        "ORCHARD_SCHEDULE": "none",  # this session's only run is the one it triggers
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    procs = []
+    for service in SERVICES:
+        log = (work / f"{service}.log").open("w")
+        command = ["airflow", service, *(["--port", str(port)] if service == "api-server" else [])]
+        procs.append(
+            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+    try:
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5) as response:
+                    health = json.loads(response.read())
+                return all(
+                    health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler")
+                )
+            except OSError:
+                return False
+
+        wait_for("Airflow to be healthy", healthy, timeout=180, every=2)
+        yield {
+            "url": url,
+            "user": "admin",
+            "password": password,
+            "lake": lake,
+            "images": images,
+            "work": work,
+        }
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for service in SERVICES:  # kept beside the screenshots for when a step fails
+            shutil.copyfile(work / f"{service}.log", SHOTS / f"{service}.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_trigger_with_the_form_and_read_the_report(airflow, browser):
+    from playwright.sync_api import expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    url = airflow["url"]
+
+    # Log in.
+    page.goto(f"{url}/")
+    page.get_by_label(re.compile(r"username", re.I)).fill(airflow["user"])
+    page.get_by_label(re.compile(r"password", re.I)).fill(airflow["password"])
+    page.get_by_role("button", name=re.compile(r"sign in|log in|login", re.I)).click()
+    page.wait_for_url(re.compile(r".*/(?!login).*"))
+
+    # The DAG, once the dag-processor has parsed it.
+    def dag_page():
+        page.goto(f"{url}/dags/fruits_pipeline")
+        return page.get_by_role("button", name=re.compile(r"^trigger", re.I)).count() > 0
+
+    wait_for("fruits_pipeline in the UI", dag_page, timeout=120, every=3)
+    page.get_by_role("button", name=re.compile(r"^trigger", re.I)).first.click()
+
+    # The form: every Param is a field with its title.
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Source folder")).to_be_visible()
+    for title in ("PCA components", "Explained variance target", "Model weights", "Image limit"):
+        expect(dialog.get_by_text(title, exact=False).first).to_be_visible()
+    dialog.get_by_label(re.compile(r"Source folder")).fill(str(airflow["images"]))
+    dialog.get_by_label(re.compile(r"PCA components")).fill("3")
+    dialog.get_by_label(re.compile(r"Model weights")).fill("random:42")
+    page.screenshot(path=SHOTS / "1-trigger-form.png", full_page=True)
+    dialog.get_by_role("button", name=re.compile(r"^trigger", re.I)).click()
+
+    # Wait for the run to succeed (the REST API says so; the page shows it).
+    latest = airflow["lake"] / "latest.json"
+    wait_for("the run's latest.json", latest.exists, timeout=600, every=5)
+    manifest = json.loads(local_path(json.loads(latest.read_text())["manifest"]).read_text())
+    assert manifest["counts"]["featurized"] == 18
+    assert manifest["pca"]["k"] == 3
+
+    def run_succeeded():
+        page.goto(f"{url}/dags/fruits_pipeline/runs")
+        return page.get_by_text(re.compile(r"success", re.I)).count() > 0
+
+    wait_for("the run to show success", run_succeeded, timeout=180, every=5)
+    page.screenshot(path=SHOTS / "2-successful-run.png", full_page=True)
+
+    # The report the last task wrote, opened as a user would.
+    report = local_path(manifest["outputs"]["report"])
+    page.goto(report.as_uri())
+    expect(page.locator("#featurized")).to_have_text("18")
+    expect(page.get_by_alt_text("scree plot")).to_be_visible()
+    expect(page.get_by_alt_text("PC1/PC2 scatter")).to_be_visible()
+    page.screenshot(path=SHOTS / "3-report.png", full_page=True)

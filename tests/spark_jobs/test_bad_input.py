@@ -1,0 +1,101 @@
+"""Every kind of bad or odd input in one featurize run: each file ends in exactly one output,
+bad ones in quarantine with a precise reason, and the rest of the run is unaffected."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.imagefactory import encode, gradient, jpeg, truncated_jpeg
+from tests.spark_jobs.test_incremental import featurize_step
+
+pytestmark = pytest.mark.spark
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A JPEG stored sideways with EXIF Orientation=6 (display rotated 90° clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(gradient(120, 80, seed=4), "JPEG", exif=exif.tobytes())
+
+
+def bomb_png() -> bytes:
+    """A 9000x9000 PNG (81 Mpixels) of a few KB: refused from its header, never decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+FILES = {
+    # name: (bytes, expected quarantine reason prefix or None when it must be featurized)
+    "Kiwi/corrupt.jpg": (b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(3000), "cannot decode image"),
+    "Kiwi/truncated.jpg": (truncated_jpeg(), "cannot decode image"),
+    "Kiwi/zero bytes.jpg": (b"", "empty file (0 bytes)"),
+    "Kiwi/a text file.jpg": (b"I am text, named like a JPEG\n", "cannot decode image"),
+    "Kiwi/notes.txt": (b"not an image", "unsupported file type '.txt'"),
+    "Plum/alpha.png": (encode(gradient(60, 60).convert("RGBA"), "PNG"), None),
+    "Plum/sixteen bit.png": (encode(Image.new("I;16", (40, 40), 40000), "PNG"), None),
+    "Plum/palette.png": (encode(gradient(50, 50).convert("P"), "PNG"), None),
+    "Apple/gray.jpg": (encode(gradient(64, 64).convert("L"), "JPEG"), None),
+    "Apple/cmyk.jpg": (encode(gradient(64, 64).convert("CMYK"), "JPEG"), None),
+    "Apple/exif rotated.jpg": (exif_rotated_jpeg(), None),
+    "Apple/one pixel.png": (encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), None),
+    "Apple/bomb.png": (bomb_png(), "image too large: 9000x9000 pixels"),
+    "Odd names/with space.jpg": (jpeg(1), None),
+    'Odd names/quote\'s "double".jpg': (jpeg(2), None),
+    "Odd names/comma, separated.jpg": (jpeg(3), None),
+    "Odd names/ünïcödé 果物 🍎.jpg": (jpeg(5), None),
+    "in the root.jpg": (jpeg(6), None),
+}
+
+
+@pytest.fixture(scope="module")
+def outcome(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    images = root / "images"
+    for name, (data, _) in FILES.items():
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_bytes(data)
+    (images / "Empty class").mkdir()
+    step = featurize_step()
+    argv = [
+        "--images", f"file://{images}", "--features", f"file://{root}/features",
+        "--quarantine", f"file://{root}/quarantine", "--summary", f"file://{root}/featurize.json",
+        "--weights", "random:1",
+    ]  # fmt: skip
+    summary = step.run(spark, step.parse_args(argv))
+    return summary, pd.read_parquet(root / "features"), pd.read_parquet(root / "quarantine")
+
+
+def test_every_input_is_accounted_for(outcome):
+    summary, good, bad = outcome
+    counts = summary["counts"]
+    assert counts["inputs"] == len(FILES) == counts["featurized"] + counts["quarantined"]
+    assert sorted([*good.path, *bad.path]) == sorted(FILES)
+    assert not set(good.path) & set(bad.path)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, reason) in FILES.items() if reason])
+def test_bad_input_is_quarantined_with_a_precise_reason(outcome, name):
+    _, _, bad = outcome
+    reason = bad.set_index("path").reason[name]
+    assert reason.startswith(FILES[name][1]), reason
+
+
+@pytest.mark.parametrize("name", [n for n, (_, reason) in FILES.items() if not reason])
+def test_odd_but_valid_input_is_featurized(outcome, name):
+    _, good, _ = outcome
+    row = good.set_index("path").loc[name]
+    assert len(row.features) == 1280 and np.isfinite(row.features).all()
+
+
+def test_labels_come_from_folders_and_root_files_are_labelled_explicitly(outcome):
+    _, good, bad = outcome
+    labels = dict(zip([*good.path, *bad.path], [*good.label, *bad.label], strict=True))
+    assert labels["Odd names/ünïcödé 果物 🍎.jpg"] == "Odd names"
+    assert labels["in the root.jpg"] == "_unlabelled"
+    assert labels["Kiwi/zero bytes.jpg"] == "Kiwi"

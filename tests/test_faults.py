@@ -1,0 +1,79 @@
+"""Faults injected into real runs: a Python worker killed mid-task is retried by Spark."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchard import steps
+from orchard.config import Settings
+from orchard.samples import generate
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def busy_workers(root_pid: int) -> list[psutil.Process]:
+    """Forked pyspark workers (children of the pyspark daemon) below a process."""
+    found = []
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            parent = proc.parent()
+            if "pyspark.daemon" in " ".join(proc.cmdline()) and "pyspark.daemon" in " ".join(
+                parent.cmdline()
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_python_worker_killed_mid_run_is_retried_by_spark(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    generate(images, per_class=40, seed=8)  # 240 images
+    settings = Settings.from_env()
+    command = [
+        "spark-submit", "--master", "local[2,3]",  # as the orchard_spark connection: 3 attempts per task
+        *[a for k, v in steps.local_spark_conf(settings).items() for a in ("--conf", f"{k}={v}")],
+        str(ROOT / "spark_jobs" / "featurize.py"),
+        "--images", f"file://{images}", "--features", f"file://{out}/features",
+        "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
+        "--weights", "random:2", "--partitions", "4",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        **steps.local_env(settings),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    killed: list[int] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            # The first batch is done: models are built, tasks are mid-way. Kill one worker.
+            if not killed and line.startswith("orchard: featurized"):
+                victims = busy_workers(proc.pid)
+                if victims:
+                    killed.append(victims[0].pid)
+                    os.kill(victims[0].pid, signal.SIGKILL)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert proc.wait(timeout=600) == 0, "".join(lines[-60:])
+    reader.join()
+    output = "".join(lines)
+
+    assert killed, "no worker was killed: the fault was not injected"
+    assert "Lost task" in output  # Spark saw the task fail...
+    summary = json.loads((out / "featurize.json").read_text())
+    assert summary["counts"]["featurized"] == summary["counts"]["inputs"] == 240  # ...and retried it
