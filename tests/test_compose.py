@@ -193,8 +193,8 @@ def test_the_dag_runs_with_the_stack_configuration_without_containers(airflow_db
     spark_works = s3a_connector_installed()
     run = dag.test(
         run_conf={"source": str(source), "weights": "random"},
-        # Without the s3a jars Spark cannot read the lake: the Spark steps and export are not run.
-        mark_success_pattern=None if spark_works else "^(featurize|pca|export_csv)$",
+        # Without the s3a jars Spark cannot read the lake: the Spark steps, export and report are not run.
+        mark_success_pattern=None if spark_works else "^(featurize|pca|export_csv|report)$",
     )
     assert run.state == "success"
     bucket = Settings.from_env().lake.removeprefix("s3://").split("/")[0]
@@ -205,7 +205,8 @@ def test_the_dag_runs_with_the_stack_configuration_without_containers(airflow_db
     assert minio_stand_in.head_object(Bucket=bucket, Key=keys[0])["ServerSideEncryption"] == "AES256"
     if not spark_works:
         pytest.skip(
-            "upload to the S3 stand-in verified; the Spark steps and the CSV export were not run: pyspark "
+            "upload to the S3 stand-in verified; the Spark steps, the CSV export and the report were not "
+            "run: pyspark "
             "ships no hadoop-aws/AWS SDK jars and Maven Central is unreachable here, so Spark cannot read "
             "s3a:// (the Docker image adds them)"
         )

@@ -247,7 +247,7 @@ def load_dag():
 
 
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, tmp_path, api_calls, capfd
+    airflow_db, moto_server, tmp_path, api_calls, capfd, caplog
 ):
     s3 = moto_server
     calls, ignored = api_calls
@@ -309,21 +309,20 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert len(image_keys) == 25
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
-    check_report_and_logs(s3, manifest, capfd)
+    check_report_and_logs(s3, manifest, capfd, caplog)
 
 
-def check_report_and_logs(s3, manifest: dict, capfd) -> None:
+def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
     """The report is in the run's output, encrypted, its log says where; no credential in any log."""
     report_key = manifest["outputs"]["report"].removeprefix(f"s3://{BUCKET}/")
     assert s3.head_object(Bucket=BUCKET, Key=report_key)["ServerSideEncryption"] == "AES256"
-    sys.stdout.flush()  # the task logs still in Python's buffer
     output = capfd.readouterr()
-    assert f"run report: {manifest['outputs']['report']}" in output.out + output.err
-    assert_no_secrets(output.out, output.err)
+    assert f"run report: {manifest['outputs']['report']}" in caplog.text
+    assert_no_secrets(output.out, output.err, caplog.text)
 
 
 def test_failed_featurize_step_fails_the_run_and_still_terminates(
-    airflow_db, moto_server, tmp_path, capfd, api_calls
+    airflow_db, moto_server, tmp_path, capfd, caplog, api_calls
 ):
     calls, ignored = api_calls
     ignored.append(moto_server)
@@ -344,8 +343,7 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     (cluster,) = clusters().values()
     assert [s.name for s in cluster.steps] == ["orchard-featurize"]  # PCA never added
     assert cluster.state == "TERMINATED"
-    sys.stdout.flush()
     output = capfd.readouterr()
     assert STDERR_TAIL in output.out + output.err
     assert iam_actions(calls) <= policy_actions()
-    assert_no_secrets(output.out, output.err)
+    assert_no_secrets(output.out, output.err, caplog.text)
