@@ -25,6 +25,7 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     shown = max(min(len(ratios), max(2 * k, 20), 100), 1)
     ratios = np.asarray(ratios[:shown], dtype=float)
@@ -32,6 +33,7 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     ax.bar(components, ratios * 100, color="#4c72b0", label="explained by the component")
     ax.set_xlabel("principal component")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("explained variance (%)")
     cumulative = ax.twinx()
     cumulative.plot(components, np.cumsum(ratios) * 100, color="#dd8452", marker=".", label="cumulated")
@@ -39,11 +41,14 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     cumulative.set_ylim(0, 105)
     kept = float(np.sum(ratios[:k])) * 100
     ax.axvline(k + 0.5, color="#c44e52", linestyle="--", linewidth=1.5)
+    # The label sits on the side of the line with more room.
+    right_side = k < 0.6 * len(ratios)
     cumulative.annotate(
         f"k = {k} ({kept:.1f}% kept)",
         xy=(k + 0.5, min(kept, 100)),
-        xytext=(8, -18),
+        xytext=(8 if right_side else -8, -18),
         textcoords="offset points",
+        ha="left" if right_side else "right",
         color="#c44e52",
         fontweight="bold",
     )
@@ -118,7 +123,13 @@ def report_html(
     counts = manifest["counts"]
     pca = manifest["pca"]
     weights = manifest["weights"]
-    warnings = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in manifest.get("warnings", []))
+    notes = list(manifest.get("warnings", []))
+    if not weights.get("meaningful", True) and not notes:
+        notes.append(
+            f"Weights {weights.get('used')}: not trained weights, so the features and plots of this run "
+            "carry no visual meaning (a plumbing test)."
+        )
+    warnings = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in notes)
     timings = {k: f"{v:.1f} s" for k, v in manifest.get("timings_seconds", {}).items() if v is not None}
     shown = quarantine[:MAX_QUARANTINE_ROWS]
     quarantine_rows = "".join(

@@ -152,12 +152,29 @@ def browser():
         browser.close()
 
 
-def test_trigger_with_the_form_and_read_the_report(airflow, browser):
-    from playwright.sync_api import expect
-
+@pytest.fixture
+def page(browser):
+    """A browser page that leaves a screenshot and its HTML behind when the test fails."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        page.screenshot(path=SHOTS / "last-page.png", full_page=True)
+        (SHOTS / "last-page.html").write_text(page.content(), encoding="utf-8")
+        page.close()
+
+
+def number_input(dialog, name: str):
+    """The spinbutton of a number Param: the input its increment button controls."""
+    controlled = dialog.locator(f'[id="number-input:element_{name}:inc"]').get_attribute("aria-controls")
+    return dialog.locator(f'[id="{controlled}"]')
+
+
+def test_trigger_with_the_form_and_read_the_report(airflow, page):
+    from playwright.sync_api import expect
+
     url = airflow["url"]
 
     # Log in.
@@ -180,11 +197,14 @@ def test_trigger_with_the_form_and_read_the_report(airflow, browser):
     expect(dialog.get_by_text("Source folder")).to_be_visible()
     for title in ("PCA components", "Explained variance target", "Model weights", "Image limit"):
         expect(dialog.get_by_text(title, exact=False).first).to_be_visible()
-    dialog.get_by_label(re.compile(r"Source folder")).fill(str(airflow["images"]))
-    dialog.get_by_label(re.compile(r"PCA components")).fill("3")
-    dialog.get_by_label(re.compile(r"Model weights")).fill("random:42")
+    # Text Params are inputs with id element_<name>; number Params are spinbuttons named by their
+    # +/- buttons (Airflow 3.3's form).
+    dialog.locator("#element_source").fill(str(airflow["images"]))
+    number_input(dialog, "pca_k").fill("3")
+    number_input(dialog, "limit").fill("18")
+    dialog.locator("#element_weights").fill("random:42")
     page.screenshot(path=SHOTS / "1-trigger-form.png", full_page=True)
-    dialog.get_by_role("button", name=re.compile(r"^trigger", re.I)).click()
+    dialog.get_by_test_id("trigger-dag-submit").click()
 
     # Wait for the run to succeed (the REST API says so; the page shows it).
     latest = airflow["lake"] / "latest.json"

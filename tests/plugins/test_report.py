@@ -78,4 +78,7 @@ def test_report_of_a_run_with_one_component_and_no_quarantine():
     summary, pca, quarantine = tables(k=2)
     pca["pca"] = [s[:1] for s in pca["pca"]]
     files = build_report({**MANIFEST, "warnings": []}, {**summary, "k": 1}, pca, quarantine.iloc[:0])
-    assert "Quarantine (0)" in files["report.html"].decode()
+    page = files["report.html"].decode()
+    assert "Quarantine (0)" in page
+    # Random weights requested on purpose: no fallback warning, but the page still says so.
+    assert "Weights random:42: not trained weights" in page
