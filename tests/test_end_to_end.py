@@ -71,7 +71,7 @@ def check_run(lake: Path, source: Path) -> dict:
     return manifest
 
 
-def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch):
+def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, caplog):
     source = tmp_path / "my images"
     generate(source, per_class=7, seed=3)  # 42 images, 6 classes
     (source / "Kiwi" / "truncated.jpg").write_bytes(truncated_jpeg())
@@ -97,6 +97,11 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch):
     assert quarantine["Kiwi/truncated.jpg"].startswith("cannot decode image")
     assert quarantine["Kiwi/readme.jpg"].startswith("cannot decode image")
     assert manifest["pca"]["variance_kept"] >= 0.95
+    # The featurize step's driver logs progress into the Airflow task log, and the report task
+    # logs where the report is.
+    assert "featurize started: 47 files in 2 tasks" in caplog.text
+    assert "featurize progress: 47/47 images (100%), tasks 2/2" in caplog.text
+    assert f"run report: {manifest['outputs']['report']}" in caplog.text
 
 
 def test_missing_source_fails_before_any_spark_step(airflow_db, tmp_path, monkeypatch):
