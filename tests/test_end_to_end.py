@@ -97,10 +97,8 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, c
     assert quarantine["Kiwi/truncated.jpg"].startswith("cannot decode image")
     assert quarantine["Kiwi/readme.jpg"].startswith("cannot decode image")
     assert manifest["pca"]["variance_kept"] >= 0.95
-    # The featurize step's driver logs progress into the Airflow task log, and the report task
-    # logs where the report is.
-    assert "featurize started: 47 files in 2 tasks" in caplog.text
-    assert "featurize progress: 47/47 images (100%), tasks 2/2" in caplog.text
+    # The report task logs where the report is (the featurize step's progress lines reach the
+    # task log through spark-submit's output: checked on real log files by tests/browser).
     assert f"run report: {manifest['outputs']['report']}" in caplog.text
 
 

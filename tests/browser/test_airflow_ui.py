@@ -220,6 +220,12 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
     wait_for("the run to show success", run_succeeded, timeout=180, every=5)
     page.screenshot(path=SHOTS / "2-successful-run.png", full_page=True)
 
+    # The featurize task's log (the file the UI shows) has the step's progress lines.
+    (log_file,) = (airflow["work"] / "home" / "logs").rglob("task_id=featurize/attempt=1.log")
+    log_text = log_file.read_text(encoding="utf-8")
+    assert "featurize started: 18 files in 2 tasks" in log_text
+    assert "featurize progress: 18/18 images (100%), tasks 2/2" in log_text
+
     # The report the last task wrote, opened as a user would.
     report = local_path(manifest["outputs"]["report"])
     page.goto(report.as_uri())

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.imagefactory import encode, gradient, jpeg, truncated_jpeg
-from tests.spark_jobs.test_incremental import featurize_step
+from tests.spark_jobs.test_incremental import featurize_step, step_argv
 
 pytestmark = pytest.mark.spark
 
@@ -62,12 +62,7 @@ def outcome(spark, tmp_path_factory):
         (images / name).write_bytes(data)
     (images / "Empty class").mkdir()
     step = featurize_step()
-    argv = [
-        "--images", f"file://{images}", "--features", f"file://{root}/features",
-        "--quarantine", f"file://{root}/quarantine", "--summary", f"file://{root}/featurize.json",
-        "--weights", "random:1",
-    ]  # fmt: skip
-    summary = step.run(spark, step.parse_args(argv))
+    summary = step.run(spark, step.parse_args(step_argv(images, root, "random:1")))
     return summary, pd.read_parquet(root / "features"), pd.read_parquet(root / "quarantine")
 
 

@@ -25,15 +25,21 @@ def featurize_step():
     return module
 
 
-def run_step(spark, images: Path, out: Path, cache: Path | None) -> tuple[dict, pd.DataFrame]:
-    step = featurize_step()
-    argv = [
+def step_argv(images: Path, out: Path, weights: str, cache: Path | None = None) -> list[str]:
+    """Arguments of the featurize step with its outputs under `out`."""
+    return [
         "--images", f"file://{images}", "--features", f"file://{out}/features",
         "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--weights", "random:9",
+        "--weights", weights,
         *(["--cache", f"file://{cache}"] if cache else []),
     ]  # fmt: skip
-    summary = step.run(spark, step.parse_args(argv))
+
+
+def run_step(
+    spark, images: Path, out: Path, cache: Path | None, weights: str = "random:9"
+) -> tuple[dict, pd.DataFrame]:
+    step = featurize_step()
+    summary = step.run(spark, step.parse_args(step_argv(images, out, weights, cache)))
     assert json.loads((out / "featurize.json").read_text()) == summary
     return summary, pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
 
@@ -78,12 +84,6 @@ def test_other_weights_do_not_share_the_cache(spark, tmp_path):
     images, cache = tmp_path / "images", tmp_path / "cache"
     generate(images, per_class=1, seed=3)
     run_step(spark, images, tmp_path / "a", cache)
-    step = featurize_step()
-    argv = [
-        "--images", f"file://{images}", "--features", f"file://{tmp_path}/b/features",
-        "--quarantine", f"file://{tmp_path}/b/q", "--summary", f"file://{tmp_path}/b/s.json",
-        "--weights", "random:10", "--cache", f"file://{cache}",
-    ]  # fmt: skip
-    summary = step.run(spark, step.parse_args(argv))
+    summary, _ = run_step(spark, images, tmp_path / "b", cache, weights="random:10")
     assert summary["counts"]["from_cache"] == 0
     assert len(list(cache.iterdir())) == 2  # one folder per weights digest
