@@ -182,11 +182,18 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
     page.get_by_label(re.compile(r"username", re.I)).fill(airflow["user"])
     page.get_by_label(re.compile(r"password", re.I)).fill(airflow["password"])
     page.get_by_role("button", name=re.compile(r"sign in|log in|login", re.I)).click()
-    page.wait_for_url(re.compile(r".*/(?!login).*"))
+    page.wait_for_load_state("networkidle")
 
-    # The DAG, once the dag-processor has parsed it.
+    # The DAG, once the dag-processor has parsed it (a navigation still under way after the login
+    # redirect aborts a goto: that is retried too).
     def dag_page():
-        page.goto(f"{url}/dags/fruits_pipeline")
+        from playwright.sync_api import Error
+
+        try:
+            page.goto(f"{url}/dags/fruits_pipeline")
+            page.wait_for_load_state("networkidle")
+        except Error:
+            return False
         return page.get_by_role("button", name=re.compile(r"^trigger", re.I)).count() > 0
 
     wait_for("fruits_pipeline in the UI", dag_page, timeout=120, every=3)
