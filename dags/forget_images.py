@@ -65,16 +65,12 @@ with DAG(
     @task
     def forget() -> dict:
         """Erase the images and their derived rows; returns the erasure record (digests only)."""
-        from pathlib import Path
-
         from orchard.export import lake_for
-        from orchard.forget import forget_images, read_paths_file
+        from orchard.forget import collect_paths, forget_images
         from orchard.s3 import airflow_client
 
         params = get_current_context()["params"]
-        paths = list(params["paths"])
-        if params["paths_file"]:
-            paths += read_paths_file(Path(params["paths_file"]).read_text(encoding="utf-8"))
+        paths = collect_paths(params["paths"], params["paths_file"])
         lake = lake_for(settings, airflow_client(settings) if settings.lake_on_s3 else None)
         return forget_images(lake, settings.lake, params["dataset"], paths, params["reason"])
 

@@ -43,6 +43,14 @@ def read_paths_file(text: str) -> list[str]:
     return [line.strip() for line in stripped.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def collect_paths(paths: Iterable[str], paths_file: str | Path | None = None) -> list[str]:
+    """The paths given directly plus those listed in `paths_file`, if any."""
+    collected = list(paths)
+    if paths_file:
+        collected += read_paths_file(Path(paths_file).read_text(encoding="utf-8"))
+    return collected
+
+
 def clean_paths(paths: Iterable[str]) -> list[str]:
     """Relative image paths, checked: no absolute paths, no '..', no duplicates."""
     cleaned = []
@@ -182,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="image paths relative to the dataset folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    paths = list(args.paths)
-    if args.paths_file:
-        paths += read_paths_file(args.paths_file.read_text(encoding="utf-8"))
+    paths = collect_paths(args.paths, args.paths_file)
     settings = Settings.from_env()
     record = forget_images(lake_for(settings), settings.lake, args.dataset, paths, args.reason)
     print(json.dumps(record, indent=2))

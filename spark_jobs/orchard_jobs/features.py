@@ -171,7 +171,7 @@ def plan_partitions(images: int, slots: int, per_task: int = IMAGES_PER_TASK) ->
 
 
 def featurize(files: DataFrame, root: str, weights: Any, partitions: int, threads: int = 0) -> DataFrame:
-    """(path, content) -> (path, label, features, reason, model_built, worker): one row per file.
+    """(path, content) -> RESULT_TYPE rows (path, label, features, reason, ...): one row per file.
 
     `threads`: TensorFlow threads per Python worker (0: TensorFlow's default, all cores). With one
     worker per task slot, one thread each keeps the cores busy without oversubscribing them, and a
