@@ -65,13 +65,12 @@ with DAG(
     @task
     def forget() -> dict:
         """Erase the images and their derived rows; returns the erasure record (digests only)."""
-        from orchard.export import lake_for
+        from orchard.export import airflow_lake
         from orchard.forget import collect_paths, forget_images
-        from orchard.s3 import airflow_client
 
         params = get_current_context()["params"]
         paths = collect_paths(params["paths"], params["paths_file"])
-        lake = lake_for(settings, airflow_client(settings) if settings.lake_on_s3 else None)
+        lake = airflow_lake(settings)
         return forget_images(lake, settings.lake, params["dataset"], paths, params["reason"])
 
     forget()

@@ -28,8 +28,8 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
   A long flat tail means the features are spread over many directions: more components are needed.
 - **PC1/PC2 scatter**: one colour per label. Classes that form separate clusters are told apart by
   the first two components alone; overlapping clouds need more components.
-- A red banner means the run used seeded random weights (ImageNet weights could not be loaded):
-  its features and plots carry no visual meaning.
+- A red banner means the run used untrained weights (seeded random ones, asked for or a fallback
+  when the ImageNet weights could not be loaded): its features and plots carry no visual meaning.
 - Timings, the weights used and the library versions close the page.
 
 ## Runs
@@ -184,19 +184,17 @@ with DAG(
     @task
     def export_csv(run: dict) -> str:
         """One pcaFeatures.csv plus the run manifest; returns the CSV's URI."""
-        from orchard.export import LocalLake, S3Lake, export_run
+        from orchard.export import airflow_lake, export_run
 
-        lake = S3Lake(_s3_client(), settings.encryption) if settings.lake_on_s3 else LocalLake()
-        export_run(lake, settings.lake, get_current_context()["run_id"], run, run["sync"])
+        export_run(airflow_lake(settings), settings.lake, get_current_context()["run_id"], run, run["sync"])
         return run["csv"]
 
     @task
     def report(run: dict) -> str:
         """Plots and one HTML page summing up the run; its log says where they are."""
-        from orchard.export import LocalLake, S3Lake, write_report
+        from orchard.export import airflow_lake, write_report
 
-        lake = S3Lake(_s3_client(), settings.encryption) if settings.lake_on_s3 else LocalLake()
-        return write_report(lake, run)
+        return write_report(airflow_lake(settings), run)
 
     upload = upload_images()
 

@@ -36,11 +36,10 @@ if settings.schedule.lower() == "asset":
             """Succeed (and update the asset) only when the source folder changed."""
             from pathlib import Path
 
-            from orchard.export import lake_for
-            from orchard.s3 import airflow_client
+            from orchard.export import airflow_lake
             from orchard.schedule import detect_change
 
-            lake = lake_for(settings, airflow_client(settings) if settings.lake_on_s3 else None)
+            lake = airflow_lake(settings)
             changed = detect_change(
                 lake, f"{settings.lake}/state/source_watch.json", Path(settings.default_source)
             )

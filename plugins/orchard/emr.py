@@ -110,11 +110,11 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
 
 
 # Executor sizing, from what bench/ measured (BENCHMARKS.md): one Python worker per task slot with
-# ONE TensorFlow thread each beats one worker using every core (R1 1.00 vs 0.85-0.9: a worker's
-# JPEG decoding overlaps the others' inference, and nothing is oversubscribed). Each worker holds
-# its own model and batch: ~1.7 GiB peak at 64 images per Arrow batch. So an executor of 4 slots
-# (an m5.xlarge: 4 vCPU, 12 GiB for YARN) needs ~7 GiB outside the JVM, while the JVM only reads
-# files and passes Arrow batches. 2g heap + 8g overhead = one 10 GiB executor per m5.xlarge.
+# ONE TensorFlow thread each beats workers that each use every core (R1 0.92-1.07 vs 0.85-0.94: a
+# worker's JPEG decoding overlaps the others' inference, and nothing is oversubscribed). Each
+# worker holds its own model and batch: ~2 GiB peak at 64 images per Arrow batch (R8). So an
+# executor of 4 slots (an m5.xlarge: 4 vCPU, 12 GiB for YARN) needs ~8 GiB outside the JVM, while
+# the JVM only reads files and passes Arrow batches: 2g heap + 8g overhead, one 10 GiB executor.
 EXECUTOR_SIZING = {
     "spark.executor.cores": "4",
     "spark.task.cpus": "1",  # featurize.py gives TensorFlow spark.task.cpus threads per worker

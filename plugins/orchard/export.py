@@ -197,6 +197,13 @@ def lake_for(settings: Any, client: Any = None) -> LocalLake | S3Lake:
     return S3Lake(client, settings.encryption)
 
 
+def airflow_lake(settings: Any) -> LocalLake | S3Lake:
+    """The lake as an Airflow task reaches it: on S3 through the Airflow connection."""
+    from orchard.s3 import airflow_client
+
+    return lake_for(settings, airflow_client(settings) if settings.lake_on_s3 else None)
+
+
 REPORT_TYPES = {".png": "image/png", ".html": "text/html; charset=utf-8"}
 
 
