@@ -75,7 +75,8 @@ def scatter_png(pc1: Sequence[float], pc2: Sequence[float], labels: Sequence[str
     classes = sorted(set(labels))
     colours = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
-    size = 30 if len(pc1) < 500 else max(2, 3000 // max(len(pc1) // 100, 1))
+    # Markers shrink as points multiply (30 up to 500 points, 2 from 7,500), so clouds stay readable.
+    size = float(np.clip(15_000 / max(len(pc1), 1), 2, 30))
     for i, name in enumerate(classes):
         mask = labels == name
         ax.scatter(

@@ -82,3 +82,18 @@ def test_report_of_a_run_with_one_component_and_no_quarantine():
     assert "Quarantine (0)" in page
     # Random weights requested on purpose: no fallback warning, but the page still says so.
     assert "Weights random:42: not trained weights" in page
+
+
+def test_scatter_markers_shrink_as_points_multiply(monkeypatch):
+    from matplotlib.axes import Axes
+
+    from orchard.report import scatter_png
+
+    sizes = []
+    real = Axes.scatter
+    monkeypatch.setattr(
+        Axes, "scatter", lambda self, *a, s=None, **k: sizes.append(s) or real(self, *a, s=s, **k)
+    )
+    for n in (30, 500, 3_000, 50_000):
+        scatter_png(np.zeros(n), np.zeros(n), ["a"] * n)
+    assert sizes == [30, 30, 5, 2]
