@@ -46,6 +46,10 @@ test: venv java shellcheck lint
 # pinned requirements: code that only runs on the local pyspark would fail on EMR.
 SPARK35_VENV := .venv-spark35
 SPARK35_STAMP := $(SPARK35_VENV)/.installed-stamp
+# Test-only packages beside the node requirements: the references (Keras, scikit-learn) and the
+# ONNX conversion the tests make of their seeded weights; the jobs themselves never import them.
+SPARK35_TEST_DEPS := "pytest==9.2.0" "scikit-learn==1.9.1" "tensorflow-cpu==2.21.0" "keras==3.15.1" \
+  "tf2onnx==1.17.0" "onnx==1.23.2" "boto3==1.43.117"
 EMR_PYSPARK := 3.5.9
 
 test-spark35: $(SPARK35_STAMP) java
@@ -53,11 +57,11 @@ test-spark35: $(SPARK35_STAMP) java
 	PYTHONPATH=$(CURDIR)/plugins:$(CURDIR)/spark_jobs PYSPARK_PYTHON=$(CURDIR)/$(SPARK35_VENV)/bin/python \
 	  $(SPARK35_VENV)/bin/python -m pytest -p no:cacheprovider tests/spark_jobs $(PYTEST_ARGS)
 
-$(SPARK35_STAMP): bootstrap/requirements.txt
+$(SPARK35_STAMP): bootstrap/requirements.txt Makefile
 	$(PYTHON) -m venv $(SPARK35_VENV)
 	$(SPARK35_VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
 	$(SPARK35_VENV)/bin/python -m pip install --quiet -r bootstrap/requirements.txt \
-	  "pyspark==$(EMR_PYSPARK)" "pytest==9.2.0" "scikit-learn==1.9.1"
+	  "pyspark==$(EMR_PYSPARK)" $(SPARK35_TEST_DEPS)
 	@touch $@
 
 lint: venv

@@ -3,21 +3,25 @@
 
 Turns a folder of fruit photos (one sub-folder per class) into a table of PCA features.
 
-- local target: `upload_images` → `featurize` → `pca` → `export_csv` → `report` (spark-submit, local mode)
-- emr target: `stage_artifacts`, `upload_images` → `create_cluster` → `add_featurize_step` →
-  `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` → `terminate_cluster` (teardown:
-  it runs whatever happened before it; a failed step still fails the run) and `export_csv` → `report`
+- local target: `upload_images` → `convert_model` → `featurize` → `pca` → `export_csv` → `report`
+  (spark-submit, local mode)
+- emr target: `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
+  `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
+  `terminate_cluster` (teardown: it runs whatever happened before it; a failed step still fails the
+  run) and `export_csv` → `report`
 
 1. **upload_images** checks the `source` folder (missing or empty: the run stops here, before any
    upload or cluster) and syncs it into the lake (`$ORCHARD_LAKE/images/<dataset>`), skipping files
    that are already there and unchanged (on S3: same size and SHA-256; encrypted).
-2. **featurize** (Spark) turns every image into 1280 MobileNetV2 features; files that cannot be
-   decoded go to `quarantine` with a reason. Nothing is dropped silently. Its log shows progress:
+2. **convert_model** resolves the `weights` and converts MobileNetV2 to ONNX, once per weights: the
+   model is kept in the lake (`cache/models/`) and later runs reuse it.
+3. **featurize** (Spark, ONNX Runtime in the workers) turns every image into 1280 MobileNetV2
+   features; files that cannot be decoded go to `quarantine` with a reason. Nothing is dropped silently. Its log shows progress:
    `featurize progress: 300/600 images (50%), tasks 1/2, 57.3 images/s, … s left`.
-3. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
+4. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
    `pca_variance` of the variance.
-4. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
-5. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
+5. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
+6. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
    `pc_scatter.png`; its log prints where they are.
 
 ## Reading the report
@@ -182,6 +186,18 @@ with DAG(
         return {**run, "sync": sync, "dataset": slug(source.name), "image_count": report.files}
 
     @task
+    def convert_model(run: dict) -> dict:
+        """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
+        from orchard.export import airflow_lake
+        from orchard.inference import prepare_model
+
+        lake = airflow_lake(settings)
+        params = get_current_context()["params"]
+        model = prepare_model(lake, run["models"], params["weights"], params["weights_fallback"])
+        lake.write_json(run["inference_model"], model)
+        return model
+
+    @task
     def export_csv(run: dict) -> str:
         """One pcaFeatures.csv plus the run manifest; returns the CSV's URI."""
         from orchard.export import airflow_lake, export_run
@@ -197,6 +213,7 @@ with DAG(
         return write_report(airflow_lake(settings), run)
 
     upload = upload_images()
+    convert = convert_model(upload)
 
     if settings.target == "local":
         submit = {
@@ -219,18 +236,18 @@ with DAG(
             application_args=steps.pca_args(upload),
             **submit,
         )
-        featurize >> pca >> export_csv(upload) >> report(upload)
+        convert >> featurize >> pca >> export_csv(upload) >> report(upload)
 
     else:
 
         @task(multiple_outputs=True)
         def stage_artifacts() -> dict:
-            """Stage jobs, bootstrap and weights under content-hashed prefixes; build the cluster spec."""
+            """Stage jobs and bootstrap under a content-hashed prefix; build the cluster spec."""
             import tempfile
             from pathlib import Path
 
             from orchard import artifacts
-            from orchard.s3 import file_sha256, upload_files
+            from orchard.s3 import upload_files
 
             context = get_current_context()
             params = context["params"]
@@ -239,14 +256,6 @@ with DAG(
                 files = artifacts.collect(Path(JOBS), Path(JOBS).parent / "bootstrap", Path(workdir))
                 prefix = f"{settings.lake}/artifacts/{artifacts.content_hash(files)}"
                 staged = upload_files(client, files, prefix, settings.encryption)
-            weights = params["weights"]
-            weights_file = artifacts.local_weights(weights)
-            if weights_file is not None:
-                digest = file_sha256(weights_file)[:16]
-                weights_prefix = f"{settings.lake}/artifacts/weights/{digest}"
-                weights = upload_files(
-                    client, {weights_file.name: weights_file}, weights_prefix, settings.encryption
-                )[weights_file.name]
             job_flow = emr.job_flow_spec(
                 settings,
                 run_id=context["run_id"],
@@ -260,7 +269,6 @@ with DAG(
                 "featurize": staged["featurize.py"],
                 "pca": staged["pca.py"],
                 "py_files": staged[artifacts.JOBS_ZIP],
-                "weights": weights,
                 "job_flow": job_flow,
             }
 
@@ -268,7 +276,7 @@ with DAG(
         create_cluster = EmrCreateJobFlowOperator(
             task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None, **AWS
         )
-        upload >> create_cluster
+        convert >> create_cluster
         add_featurize_step = EmrAddStepsOperator(
             task_id="add_featurize_step",
             job_flow_id=create_cluster.output,
@@ -276,7 +284,7 @@ with DAG(
                 emr.spark_step(
                     "orchard-featurize",
                     stage["featurize"],
-                    steps.featurize_args(upload, weights=stage["weights"]),
+                    steps.featurize_args(upload),
                     py_files=stage["py_files"],
                 )
             ],

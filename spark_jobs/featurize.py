@@ -1,8 +1,10 @@
 """Spark step 1: images -> MobileNetV2 features (Parquet) + quarantine (Parquet) + summary (JSON).
 
     spark-submit featurize.py --images URI --features URI --quarantine URI --summary URI \
-        [--weights imagenet|random[:SEED]|PATH_OR_URI] [--weights-fallback fail|random] \
-        [--partitions N] [--limit N] [--cache URI]
+        --model URI [--partitions N] [--limit N] [--cache URI]
+
+--model names the run's model document (written by `orchard.inference.prepare_model`): the
+ONNX model's URI and SHA-256 and the account of its weights. The step never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import time
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
-from orchard_jobs import features, lake
-from orchard_jobs.model import WEIGHT_FALLBACKS, resolve_weights
+from orchard_jobs import engine, features, lake
 from orchard_jobs.progress import StageProgress
 from orchard_jobs.versions import versions
 
@@ -30,8 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--features", required=True, help="output URI of the features Parquet")
     parser.add_argument("--quarantine", required=True, help="output URI of the quarantine Parquet")
     parser.add_argument("--summary", required=True, help="output URI of the step's JSON summary")
-    parser.add_argument("--weights", default="imagenet", help="imagenet, random[:SEED], or a weights file")
-    parser.add_argument("--weights-fallback", default="fail", choices=WEIGHT_FALLBACKS)
+    parser.add_argument("--model", required=True, help="URI of the run's model document (JSON)")
     parser.add_argument("--partitions", type=int, default=0, help="0: a multiple of the task slots")
     parser.add_argument("--limit", type=int, default=0, help="featurize only the first N files (0: all)")
     parser.add_argument(
@@ -52,15 +52,20 @@ def main(argv: list[str]) -> None:
 def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     """The featurize step on a running Spark session; returns the summary it wrote."""
     started = time.time()
-    weights = resolve_weights(args.weights, args.weights_fallback)
-    broadcast = spark.sparkContext.broadcast(weights.arrays)
+    model_doc = lake.read_json(spark, args.model)
+    model = lake.read_bytes(spark, model_doc["model"])
+    digest = engine.model_digest(model)
+    if digest != model_doc["sha256"]:
+        raise ValueError(
+            f"{model_doc['model']}: SHA-256 {digest} differs from {model_doc['sha256']} in {args.model}"
+        )
+    broadcast = spark.sparkContext.broadcast(model)
     files, listed = features.read_images(spark, args.images, args.limit or None)
-    digest = features.weights_digest(weights.arrays)
     cache_at = features.cache_uri(args.cache, digest) if args.cache else None
     cache = features.read_cache(spark, cache_at) if cache_at else None
     todo, known, pending = features.split_by_cache(files, cache)
     pending = len(listed) if pending is None else pending
-    # One Python worker per task slot, each with as many TensorFlow threads as a task has cores.
+    # One Python worker per task slot, each with as many engine threads as a task has cores.
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
     slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
     partitions = args.partitions or features.plan_partitions(pending, slots)
@@ -87,7 +92,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
         "step": "featurize",
         "images": args.images,
         "counts": counts,
-        "weights": weights.describe(),
+        "weights": model_doc["weights"],
+        "model": {key: model_doc[key] for key in ("model", "sha256", "converted", "seconds")},
+        "engine": engine.describe(),
         "partitions": partitions,
         "threads_per_task": task_cpus,
         "cache": cache_at,
@@ -97,7 +104,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     }
     lake.write_json(spark, args.summary, summary)
     logging.getLogger("featurize").info(
-        "featurize done: %s (model ran on %d images, %d from the cache)",
+        "featurize done: %s (the model ran on %d images, %d came from the cache)",
         counts,
         counts["featurized"] - counts["from_cache"],
         counts["from_cache"],

@@ -11,12 +11,11 @@ import logging
 import sys
 import time
 
-from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from orchard_jobs import lake
 from orchard_jobs import pca as pca_ops
-from orchard_jobs.model import FEATURE_DIM
+from orchard_jobs.engine import FEATURE_DIM
 from orchard_jobs.versions import versions
 
 
@@ -36,40 +35,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> None:
-    """Run the PCA step."""
+    """Run the PCA step in its own Spark application."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.time()
     spark = SparkSession.builder.appName("orchard-pca").getOrCreate()
+    run(spark, args)
+    spark.stop()
 
-    vectors = pca_ops.to_vectors(spark.read.parquet(args.features))
-    # Fitted once or twice and then projected: read and convert the features once.
-    vectors.persist(StorageLevel.MEMORY_AND_DISK)
-    n_images = vectors.count()
-    max_k = min(n_images, FEATURE_DIM)
-    if args.k:
-        pca_ops.validate_k(args.k, n_images, FEATURE_DIM)
-        model = pca_ops.fit(vectors, args.k)
-        ratios_all = pca_ops.explained_variance(model)
-        k = args.k
-    else:
-        pca_ops.validate_k(max_k, n_images, FEATURE_DIM)
-        full = pca_ops.fit(vectors, max_k)
-        ratios_all = pca_ops.explained_variance(full)
-        k = pca_ops.choose_k(ratios_all, args.variance)
-        model = full if k == max_k else pca_ops.fit(vectors, k)
 
-    model.write().overwrite().save(args.model)
-    scores = pca_ops.scores(model, vectors)
-    scores.write.mode("overwrite").parquet(args.pca)
+def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """The PCA step on a running Spark session; returns the summary it wrote."""
+    started = time.time()
+    features = spark.read.parquet(args.features)
+    # One pass over the features fits every component; k is then chosen without fitting again.
+    fitted = pca_ops.fit(features)
+    max_k = min(fitted.n, FEATURE_DIM)
+    k = args.k or pca_ops.choose_k(fitted.ratios[:max_k], args.variance)
+    pca_ops.validate_k(k, fitted.n, FEATURE_DIM)
+
+    pca_ops.pipeline_model(spark, fitted, k).write().overwrite().save(args.model)
+    pca_ops.scores(features, fitted, k).write.mode("overwrite").parquet(args.pca)
     pca_ops.write_csv_parts(pca_ops.flatten(spark.read.parquet(args.pca), k), args.csv_parts)
-    vectors.unpersist()
 
-    summary = pca_ops.summary(ratios_all, k, None if args.k else args.variance, n_images)
+    summary = pca_ops.summary(fitted.ratios[:max_k], k, None if args.k else args.variance, fitted.n)
     summary.update(step="pca", seconds=round(time.time() - started, 3), versions=versions(spark))
     lake.write_json(spark, args.summary, summary)
     logging.getLogger("pca").info("pca done: k=%d, variance kept %.4f", k, summary["variance_kept"])
-    spark.stop()
+    return summary
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from orchard import steps
 from orchard.config import Settings
 from orchard.samples import generate
 from tests.conftest import ROOT
+from tests.models import model_document
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def test_a_python_worker_killed_mid_run_is_retried_by_spark(tmp_path):
         str(ROOT / "spark_jobs" / "featurize.py"),
         "--images", f"file://{images}", "--features", f"file://{out}/features",
         "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--weights", "random:2", "--partitions", "4",
+        "--model", model_document(out, "random:2"), "--partitions", "4",
     ]  # fmt: skip
     env = {
         **os.environ,

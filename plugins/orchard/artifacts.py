@@ -9,8 +9,6 @@ from pathlib import Path
 ENTRY_POINTS = ("featurize.py", "pca.py")
 BOOTSTRAP = ("install-python-deps.sh", "requirements.txt")
 JOBS_ZIP = "orchard_jobs.zip"
-# Where Keras caches the ImageNet weights of MobileNetV2 without its classifier.
-KERAS_NO_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
@@ -39,14 +37,3 @@ def content_hash(files: dict[str, Path]) -> str:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
     return digest.hexdigest()[:16]
-
-
-def local_weights(spec: str, keras_home: Path | None = None) -> Path | None:
-    """The local weights file to stage for `spec`: a given file, or Keras's ImageNet cache."""
-    if spec == "imagenet":
-        cached = (keras_home or Path.home() / ".keras") / "models" / KERAS_NO_TOP
-        return cached if cached.is_file() else None
-    if "://" not in spec and not spec.startswith("random"):
-        path = Path(spec).expanduser()
-        return path if path.is_file() else None
-    return None

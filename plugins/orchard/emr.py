@@ -132,7 +132,6 @@ def step_conf() -> dict[str, str]:
         "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
         "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
         **EXECUTOR_SIZING,
-        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "1",
     }
 
 

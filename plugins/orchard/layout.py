@@ -23,7 +23,11 @@ def run_layout(lake: str, dataset: str, run_id: str) -> dict[str, str]:
         "images": f"{lake}/images/{slug(dataset)}",
         # Features by image content (SHA-256) and weights, shared by all runs: never computed twice.
         "cache": f"{lake}/cache/features",
+        # The featurization model converted to ONNX, per weights, shared by all runs.
+        "models": f"{lake}/cache/models",
         "root": root,
+        # Which ONNX model this run featurizes with, and the account of its weights.
+        "inference_model": f"{root}/inference_model.json",
         "features": f"{root}/features",
         "quarantine": f"{root}/quarantine",
         "featurize_summary": f"{root}/featurize.json",

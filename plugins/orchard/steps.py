@@ -15,15 +15,14 @@ from orchard.config import Settings
 ARROW_BATCH = 64
 
 
-def featurize_args(run: Mapping[str, Any], weights: Any = "{{ params.weights }}") -> list[Any]:
-    """Command-line arguments of spark_jobs/featurize.py (weights: the Param, or a staged file)."""
+def featurize_args(run: Mapping[str, Any]) -> list[Any]:
+    """Command-line arguments of spark_jobs/featurize.py."""
     return [
         "--images", run["images"],
         "--features", run["features"],
         "--quarantine", run["quarantine"],
         "--summary", run["featurize_summary"],
-        "--weights", weights,
-        "--weights-fallback", "{{ params.weights_fallback }}",
+        "--model", run["inference_model"],
         "--partitions", "{{ params.partitions or 0 }}",
         "--limit", "{{ params.limit or 0 }}",
         "--cache", run["cache"],
@@ -80,10 +79,9 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
 
 
 def local_env(settings: Settings) -> dict[str, str]:
-    """Environment of a local spark-submit: the Python that has TensorFlow, and the jobs' modules."""
+    """Environment of a local spark-submit: the Python that has the jobs' packages, and their modules."""
     return {
         "PYSPARK_PYTHON": settings.pyspark_python,
         "PYSPARK_DRIVER_PYTHON": settings.pyspark_python,
         "PYTHONPATH": settings.spark_jobs_dir,
-        "TF_CPP_MIN_LOG_LEVEL": "1",
     }

@@ -60,33 +60,25 @@ QUARANTINE_TYPE = T.StructType(
     [T.StructField(name, T.StringType(), True) for name in ("path", "label", "reason")]
 )
 
-# One Featurizer per Python worker process, keyed by a digest of its weights. Spark reuses Python
-# workers across tasks (and jobs), so a model is built once per worker, not per task. The key is
-# the weights' content, never an object's identity: a recycled id would hand out stale weights.
+# One featurizer (an ONNX Runtime session) per Python worker process, keyed by the model's
+# SHA-256. Spark reuses Python workers across tasks (and jobs), so a session is opened once per
+# worker, not per task. The key is the model's content, never an object's identity: a recycled id
+# would hand out a stale model.
 _FEATURIZERS: dict[str, Any] = {}
 
 # Images per featurize task (see plan_partitions): ~10-20 s of work per task slot.
 IMAGES_PER_TASK = 1000
 
 
-def weights_digest(arrays: list[np.ndarray]) -> str:
-    """SHA-256 of weight arrays (shapes, dtypes and values)."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def featurizer_for(broadcast: Any, digest: str, threads: int = 0) -> tuple[Any, bool]:
-    """The process-wide Featurizer for weights (a broadcast or arrays), and whether this call built it."""
-    from orchard_jobs.model import Featurizer
+def featurizer_for(model: Any, digest: str, threads: int = 0) -> tuple[Any, bool]:
+    """The process-wide featurizer for a model (a broadcast or bytes), and whether this call built it."""
+    from orchard_jobs.engine import OnnxFeaturizer
 
     if digest in _FEATURIZERS:
         return _FEATURIZERS[digest], False
-    weights = broadcast.value if hasattr(broadcast, "value") else broadcast
-    _FEATURIZERS[digest] = Featurizer(weights, threads=threads)
-    print(f"orchard: built MobileNetV2 in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
+    data = model.value if hasattr(model, "value") else model
+    _FEATURIZERS[digest] = OnnxFeaturizer(data, threads=threads)
+    print(f"orchard: opened the ONNX model in python worker pid={os.getpid()}", file=sys.stderr, flush=True)
     return _FEATURIZERS[digest], True
 
 
@@ -170,30 +162,32 @@ def plan_partitions(images: int, slots: int, per_task: int = IMAGES_PER_TASK) ->
     return slots * rounds
 
 
-def featurize(files: DataFrame, root: str, weights: Any, partitions: int, threads: int = 0) -> DataFrame:
+def featurize(files: DataFrame, root: str, model: Any, partitions: int, threads: int = 0) -> DataFrame:
     """(path, content) -> RESULT_TYPE rows (path, label, features, reason, ...): one row per file.
 
-    `threads`: TensorFlow threads per Python worker (0: TensorFlow's default, all cores). With one
-    worker per task slot, one thread each keeps the cores busy without oversubscribing them, and a
-    worker's decoding overlaps the other workers' inference.
+    `model`: the serialized ONNX model (bytes, or a broadcast of them). `threads`: engine threads
+    per Python worker (0: all cores). With one worker per task slot, one thread each keeps the
+    cores busy without oversubscribing them, and a worker's decoding overlaps the others' inference.
     """
-    digest = weights_digest(weights.value if hasattr(weights, "value") else weights)
+    from orchard_jobs.engine import model_digest
+
+    digest = model_digest(model.value if hasattr(model, "value") else model)
 
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         worker = os.getpid()
         state: dict[str, Any] = {"model": None, "built": False}
 
-        def model(images: np.ndarray) -> np.ndarray:
-            # Built (or taken from this worker's cache) when there is a first image to infer: a
-            # task that only meets undecodable files builds nothing.
+        def infer(images: np.ndarray) -> np.ndarray:
+            # Opened (or taken from this worker's cache) when there is a first image to infer: a
+            # task that only meets undecodable files opens nothing.
             if state["model"] is None:
-                state["model"], state["built"] = featurizer_for(weights, digest, threads)
+                state["model"], state["built"] = featurizer_for(model, digest, threads)
             return state["model"](images)
 
         for paths, contents in batches:
             started = time.perf_counter()
-            records = featurize_records(model, root, paths, contents)
+            records = featurize_records(infer, root, paths, contents)
             inferred = records["reason"].isna()
             records["model_built"] = False
             if state["built"] and inferred.any():  # counted once, on the first featurized row
@@ -219,8 +213,8 @@ def featurize(files: DataFrame, root: str, weights: Any, partitions: int, thread
 
 
 def cache_uri(cache_root: str, digest: str) -> str:
-    """Where features computed with weights of this digest are cached."""
-    return f"{cache_root}/weights={digest[:16]}"
+    """Where features computed by the model of this digest are cached."""
+    return f"{cache_root}/model={digest[:16]}"
 
 
 def read_cache(spark: SparkSession, uri: str) -> DataFrame | None:
@@ -251,10 +245,10 @@ def split_by_cache(
 
 
 def featurize_incremental(
-    todo: DataFrame, known: DataFrame | None, root: str, weights: Any, partitions: int, threads: int = 0
+    todo: DataFrame, known: DataFrame | None, root: str, model: Any, partitions: int, threads: int = 0
 ) -> DataFrame:
     """featurize() on the files to compute, plus one row per cached file with the cached features."""
-    computed = featurize(todo, root, weights, partitions, threads)
+    computed = featurize(todo, root, model, partitions, threads)
     if known is None:
         return computed
 

@@ -24,6 +24,21 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         stream.close()
 
 
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    """The whole content of one file at `uri` (a model: megabytes, not data sets)."""
+    path, fs = _path_and_fs(spark, uri)
+    stream = fs.open(path)
+    try:
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def read_json(spark: SparkSession, uri: str) -> Any:
+    """One small JSON document at `uri`."""
+    return json.loads(read_bytes(spark, uri).decode("utf-8"))
+
+
 def write_json(spark: SparkSession, uri: str, payload: dict[str, Any]) -> None:
     """Write one small JSON document at `uri`."""
     write_text(spark, uri, json.dumps(payload, indent=2, sort_keys=True) + "\n")

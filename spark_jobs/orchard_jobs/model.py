@@ -1,8 +1,9 @@
-"""MobileNetV2 feature extractor: weights resolution, model building and batch inference.
+"""MobileNetV2 in Keras: weights resolution, the reference featurizer, and conversion to ONNX.
 
-The driver resolves the weights once (ImageNet download or cache, a weights file, or a seeded
-random initialisation) and ships them to the workers as arrays, so every worker computes with
-identical weights and no worker needs network access.
+The Airflow side resolves the weights once (ImageNet download or cache, a weights file, or a seeded
+random initialisation) and converts the model to ONNX (`to_onnx`); Spark workers run that file with
+ONNX Runtime (`orchard_jobs.engine`) and never import TensorFlow. The Keras `Featurizer` stays as
+the reference the tests and the bench compare the engine with.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from orchard_jobs.engine import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
 from orchard_jobs.images import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-FEATURE_DIM = 1280
+__all__ = ["FEATURE_DIM", "Featurizer", "ResolvedWeights", "resolve_weights", "to_onnx"]
+# ONNX opset of the converted model: supported by every ONNX Runtime release since 1.12.
+ONNX_OPSET = 17
 DEFAULT_SEED = 42
 WEIGHT_FALLBACKS = ("random", "fail")
 
@@ -166,3 +170,59 @@ class Featurizer:
         # MobileNetV2's own preprocessing: scale [0, 255] to [-1, 1].
         x = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
         return self._infer(x).numpy()
+
+
+def to_onnx(weights: list[np.ndarray]) -> bytes:
+    """MobileNetV2 with these weights as a serialized ONNX model: uint8 RGB in, 1280 floats out.
+
+    The pixel scaling of `Featurizer` ([0, 255] -> [-1, 1]) is part of the graph, so the engine
+    is fed the decoded bytes as they are.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    model = build_model(None)
+    model.set_weights(weights)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=INPUT_NAME)]
+    )
+    def infer(images: Any) -> dict[str, Any]:
+        scaled = tf.cast(images, tf.float32) / 127.5 - 1.0
+        return {OUTPUT_NAME: model(scaled, training=False)}
+
+    proto, _ = tf2onnx.convert.from_function(infer, input_signature=infer.input_signature, opset=ONNX_OPSET)
+    return proto.SerializeToString()
+
+
+def convert(spec: str, fallback: str, out_dir: str) -> dict[str, Any]:
+    """Resolve `spec` and write its ONNX model and the account of its weights into `out_dir`."""
+    import json
+
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    resolved = resolve_weights(spec, fallback)
+    with open(os.path.join(out_dir, "model.onnx"), "wb") as out:
+        out.write(to_onnx(resolved.arrays))
+    account = {
+        **resolved.describe(),
+        "converted_with": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+    with open(os.path.join(out_dir, "weights.json"), "w", encoding="utf-8") as out:
+        json.dump(account, out)
+    return account
+
+
+if __name__ == "__main__":  # python -m orchard_jobs.model SPEC FALLBACK OUT_DIR
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    convert(*sys.argv[1:4])

@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("pyspark", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "pillow")
+PACKAGES = ("pyspark", "onnxruntime", "numpy", "pandas", "pyarrow", "pillow")
 
 
 def versions(spark: Any = None) -> dict[str, str]:

@@ -27,7 +27,8 @@ def dag():
 EMR_GRAPH = {
     "stage_artifacts": [],
     "upload_images": [],
-    "create_cluster": ["stage_artifacts", "upload_images"],
+    "convert_model": ["upload_images"],
+    "create_cluster": ["convert_model", "stage_artifacts"],
     "add_featurize_step": ["create_cluster", "stage_artifacts", "upload_images"],
     "wait_featurize": ["add_featurize_step", "create_cluster", "upload_images"],
     "add_pca_step": ["create_cluster", "stage_artifacts", "upload_images", "wait_featurize"],
@@ -63,7 +64,14 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
 def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports():
     result = parse_in_clean_interpreter({})
     assert (result["errors"], result["dags"], result["heavy"]) == ({}, DAGS, [])
-    assert set(result["graph"]) == {"upload_images", "featurize", "pca", "export_csv", "report"}
+    assert set(result["graph"]) == {
+        "upload_images",
+        "convert_model",
+        "featurize",
+        "pca",
+        "export_csv",
+        "report",
+    }
     assert result["summary"] == "@daily"  # the documented default schedule
 
 
@@ -94,7 +102,8 @@ def test_task_graph(dag):
     upstream = {task_id: sorted(task.upstream_task_ids) for task_id, task in dag.task_dict.items()}
     assert upstream == {
         "upload_images": [],
-        "featurize": ["upload_images"],
+        "convert_model": ["upload_images"],
+        "featurize": ["convert_model", "upload_images"],
         "pca": ["featurize", "upload_images"],
         "export_csv": ["pca", "upload_images"],
         "report": ["export_csv", "upload_images"],

@@ -68,7 +68,8 @@ def test_run_layout_keeps_runs_apart():
     assert one["images"] == two["images"] == "s3://b/lake/images/Fruits_360"
     assert one["csv"] == "s3://b/lake/runs/manual__1/pcaFeatures.csv"
     assert one["cache"] == two["cache"] == "s3://b/lake/cache/features"  # shared by all runs
-    outputs = {k: v for k, v in one.items() if k not in {"images", "cache"}}
+    assert one["models"] == two["models"] == "s3://b/lake/cache/models"
+    outputs = {k: v for k, v in one.items() if k not in {"images", "cache", "models"}}
     assert all(v.startswith("s3://b/lake/runs/manual__1") for v in outputs.values())
     assert not set(outputs.values()) & set(two.values())
 
@@ -86,7 +87,7 @@ def test_step_arguments_name_every_output():
     flags = dict(zip(featurize[::2], featurize[1::2], strict=True))
     assert flags["--images"] == "file:///lake/images/sample"
     assert flags["--features"] == run["features"]
-    assert flags["--weights"] == "{{ params.weights }}"
+    assert flags["--model"] == "file:///lake/runs/r1/inference_model.json" == run["inference_model"]
     assert flags["--cache"] == "file:///lake/cache/features"
     pca_flags = dict(zip(pca[::2], pca[1::2], strict=True))
     assert pca_flags["--features"] == run["features"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ from pyspark.sql import functions as F
 from orchard.samples import generate
 from orchard_jobs import features
 from orchard_jobs.images import decode_image
-from orchard_jobs.model import FEATURE_DIM, Featurizer, random_weights
+from orchard_jobs.model import FEATURE_DIM, Featurizer
 from tests.imagefactory import truncated_jpeg
+from tests.models import batchnorm_weights, onnx_model
 
 pytestmark = pytest.mark.spark
 
@@ -29,22 +31,17 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def weights():
-    return random_weights(5)
-
-
-@pytest.fixture(scope="module")
-def outcome(spark, image_dir, weights):
+def outcome(spark, image_dir):
     uri = f"file://{image_dir}"
     files, listed = features.read_images(spark, uri)
-    results = features.featurize(files, uri, spark.sparkContext.broadcast(weights), partitions=3)
+    results = features.featurize(files, uri, spark.sparkContext.broadcast(onnx_model(5)), partitions=3)
     results = results.withColumn("partition", F.spark_partition_id()).cache()
     rows = results.collect()
     unread = features.unread_files(spark, results, listed, uri)
     return rows, listed, unread
 
 
-def test_features_equal_in_process_keras_across_partitions(outcome, image_dir, weights):
+def test_features_equal_in_process_keras_across_partitions(outcome, image_dir):
     rows, _, _ = outcome
     good = {r.path: r for r in rows if r.reason is None}
     assert len(good) == 24 + 1  # generated images plus the one in the root
@@ -52,13 +49,15 @@ def test_features_equal_in_process_keras_across_partitions(outcome, image_dir, w
 
     paths = sorted(good)
     images = np.stack([decode_image((image_dir / p).read_bytes()) for p in paths])
-    expected = Featurizer(weights)(images)
+    # The reference: the same weights in Keras, in this process (the workers ran ONNX Runtime).
+    expected = Featurizer(list(batchnorm_weights(5)))(images)
     got = np.array([good[p].features for p in paths], dtype=np.float32)
 
     assert got.shape == (len(paths), FEATURE_DIM)
     scale = np.abs(expected).max()
-    assert scale > 0
-    assert np.abs(got - expected).max() <= 1e-4 * scale
+    assert scale > 1  # features at a trained model's scale, not a fresh model's ~1e-11
+    assert np.abs(got - expected).max() <= 1e-5 * scale
+    assert np.abs(got[0] - got[1]).max() > 1e-2 * scale  # the model does not ignore its input
 
 
 def test_every_file_is_featurized_or_quarantined_with_a_reason(outcome, image_dir):
@@ -89,7 +88,7 @@ def test_labels_are_folder_names(outcome):
 def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir):
     uri = f"file://{image_dir}"
     files, _ = features.read_images(spark, uri)
-    fresh = random_weights(6)  # weights no worker has a model for yet
+    fresh = onnx_model(6, batchnorm=False)  # a model no worker has a session for yet
     results = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     # Counted from the data: the model_built column is computed with the features themselves.
     assert results.select(F.spark_partition_id()).distinct().count() == 6  # six tasks ran...
@@ -97,15 +96,23 @@ def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir
     counts = features.count_outcomes(results)
     assert 1 <= counts["model_builds"] <= 2
     assert counts["model_builds"] == counts["python_workers"]
-    # Same weights again: the workers' models are reused, none is built.
+    # Same model again: the workers' sessions are reused, none is opened.
     again = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     assert features.count_outcomes(again)["model_builds"] == 0
 
 
-def test_models_are_keyed_by_weight_content():
-    a, b = random_weights(1), random_weights(2)
-    assert features.weights_digest(a) == features.weights_digest(random_weights(1))
-    assert features.weights_digest(a) != features.weights_digest(b)
+def test_python_workers_never_import_tensorflow(spark, outcome):
+    # After featurizing, ask the same reused (SQL) Python workers what they have imported.
+    def probe(batches):
+        import pandas as pd
+
+        for _ in batches:
+            loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "keras", "tf2onnx"})
+            yield pd.DataFrame({"tf_modules": [len(loaded)], "engine": ["onnxruntime" in sys.modules]})
+
+    rows = spark.range(4).repartition(4).mapInPandas(probe, "tf_modules int, engine boolean").collect()
+    assert any(r.engine for r in rows)  # these are the workers that featurized
+    assert all(r.tf_modules == 0 for r in rows), rows
 
 
 def test_limit_takes_the_first_paths(spark, image_dir):

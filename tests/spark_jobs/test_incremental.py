@@ -13,6 +13,7 @@ import pytest
 
 from orchard.samples import generate
 from tests.conftest import ROOT
+from tests.models import model_document
 
 pytestmark = pytest.mark.spark
 
@@ -30,7 +31,7 @@ def step_argv(images: Path, out: Path, weights: str, cache: Path | None = None) 
     return [
         "--images", f"file://{images}", "--features", f"file://{out}/features",
         "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--weights", weights,
+        "--model", model_document(out, weights),
         *(["--cache", f"file://{cache}"] if cache else []),
     ]  # fmt: skip
 
@@ -86,4 +87,4 @@ def test_other_weights_do_not_share_the_cache(spark, tmp_path):
     run_step(spark, images, tmp_path / "a", cache)
     summary, _ = run_step(spark, images, tmp_path / "b", cache, weights="random:10")
     assert summary["counts"]["from_cache"] == 0
-    assert len(list(cache.iterdir())) == 2  # one folder per weights digest
+    assert len(list(cache.iterdir())) == 2  # one folder per model digest

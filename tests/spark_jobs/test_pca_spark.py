@@ -28,12 +28,17 @@ def matrix() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def vectors(spark, matrix):
+def features(spark, matrix):
     rows = [
         (f"class {i % 3}/img_{i:03d}.jpg", f"class {i % 3}", row.tolist()) for i, row in enumerate(matrix)
     ]
-    df = spark.createDataFrame(rows, "path string, label string, features array<float>")
-    return pca_ops.to_vectors(df).cache()
+    # Several partitions, so the tree aggregate merges partial moments.
+    return spark.createDataFrame(rows, "path string, label string, features array<float>").repartition(3)
+
+
+@pytest.fixture(scope="module")
+def fitted(features):
+    return pca_ops.fit(features)
 
 
 def aligned_relative_error(got: np.ndarray, expected: np.ndarray) -> float:
@@ -42,28 +47,62 @@ def aligned_relative_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.linalg.norm(got * signs - expected) / np.linalg.norm(expected))
 
 
-def test_scores_equal_scikit_learn(vectors, matrix):
+def in_matrix_order(rows) -> np.ndarray:
+    """Scores back in the matrix's order: the image number is in the file name."""
+    return np.array([r.pca for r in sorted(rows, key=lambda r: r.path.split("_")[-1])])
+
+
+def test_scores_equal_scikit_learn(features, fitted, matrix):
     k = 5
-    model = pca_ops.fit(vectors, k)
-    # Rows back in the matrix's order: the image number is in the file name.
-    rows = sorted(pca_ops.scores(model, vectors).collect(), key=lambda r: r.path.split("_")[-1])
-    got = np.array([r.pca for r in rows])
+    got = in_matrix_order(pca_ops.scores(features, fitted, k).collect())
 
     reference = SkPCA(n_components=k, svd_solver="full")
     expected = reference.fit_transform(matrix.astype(np.float64))
 
+    assert fitted.n == N
     assert got.shape == (N, k)
     assert aligned_relative_error(got, expected) <= 1e-6
-    np.testing.assert_allclose(
-        pca_ops.explained_variance(model), reference.explained_variance_ratio_, rtol=1e-6
-    )
-    # The scores are centred (pyspark.ml's PCA alone would not centre them).
+    np.testing.assert_allclose(fitted.ratios[:k], reference.explained_variance_ratio_, rtol=1e-6)
+    # The scores are centred.
     assert np.abs(got.mean(axis=0)).max() <= 1e-6 * np.abs(got).max()
 
 
-def test_k_for_a_variance_target_matches_scikit_learn(vectors, matrix):
-    full = pca_ops.fit(vectors, N)
-    ratios = pca_ops.explained_variance(full)
+def test_moments_merge_equals_one_block(matrix):
+    halves = pca_ops.Moments.of(matrix[:30]).merge(pca_ops.Moments.of(matrix[30:]))
+    whole = pca_ops.Moments.of(matrix)
+    assert halves.n == whole.n == N
+    np.testing.assert_allclose(halves.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(halves.m2, whole.m2, rtol=1e-9, atol=1e-9 * np.abs(whole.m2).max())
+    assert pca_ops.Moments.of(matrix[:0].reshape(0, D)).merge(whole) is whole
+
+
+def test_saved_model_reloads_and_projects_like_the_scores(spark, features, fitted, tmp_path):
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import vector_to_array
+
+    k = 4
+    uri = f"file://{tmp_path}/pca_model"
+    pca_ops.pipeline_model(spark, fitted, k).write().overwrite().save(uri)
+    reloaded = PipelineModel.load(uri)
+    projected = reloaded.transform(pca_ops.to_vectors(features)).select(
+        "path", vector_to_array("scores").alias("pca")
+    )
+    got = in_matrix_order(projected.collect())
+    expected = in_matrix_order(pca_ops.scores(features, fitted, k).collect())
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_allclose(reloaded.stages[-1].explainedVariance.toArray(), fitted.ratios[:k])
+
+
+def test_fit_refuses_fewer_than_two_images(spark):
+    one = spark.createDataFrame(
+        [("a/1.jpg", "a", [1.0] * D)], "path string, label string, features array<float>"
+    )
+    with pytest.raises(ValueError, match="at least 2 featurized images"):
+        pca_ops.fit(one)
+
+
+def test_k_for_a_variance_target_matches_scikit_learn(fitted, matrix):
+    ratios = fitted.ratios[:N]
     for target in (0.5, 0.8, 0.9, 0.99):
         expected = SkPCA(n_components=target, svd_solver="full").fit(matrix.astype(np.float64)).n_components_
         assert pca_ops.choose_k(ratios, target) == expected, target

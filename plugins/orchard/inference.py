@@ -1,0 +1,150 @@
+"""The model the Spark workers run: MobileNetV2 converted to ONNX once per weights, kept in the lake.
+
+Runs on the Airflow side, which has TensorFlow: the cluster's nodes only need ONNX Runtime. A
+converted model is stored under `cache/models/<key>/` (next to the features cache) and reused by
+every later run with the same weights, so a re-run imports no TensorFlow at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Where Keras caches the ImageNet weights of MobileNetV2 without its classifier.
+KERAS_NO_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+MODEL_FILE = "mobilenet_v2.onnx"
+INFO_FILE = "model.json"
+# Bumped when the conversion itself changes (graph inputs, preprocessing), so old files are not reused.
+CONVERSION = "uint8-rgb-in/1280-avg-pool-out/v1"
+CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def keras_imagenet_file() -> Path:
+    """Where Keras keeps the downloaded ImageNet weights of MobileNetV2 without its classifier."""
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    return home / "models" / KERAS_NO_TOP
+
+
+def weights_identity(kind: str, arg: Any) -> str | None:
+    """What fixes the weight values, without building a model; None when only resolving can tell.
+
+    A seed with a given Keras release always gives the same arrays (tests/spark_jobs/test_model.py);
+    a weights file is its bytes; ImageNet weights are Keras's cached file, once downloaded.
+    """
+    if kind == "random":
+        return f"random:{arg}|keras={metadata.version('keras')}"
+    if kind == "file":
+        return f"file:{file_sha256(Path(arg))}"
+    cached = keras_imagenet_file()
+    return f"file:{file_sha256(cached)}" if cached.is_file() else None
+
+
+def model_key(identity: str) -> str:
+    """Folder name of a converted model: the weights' identity and how they were converted."""
+    recipe = f"{identity}|{CONVERSION}|tf2onnx={metadata.version('tf2onnx')}"
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def _fetch_weights(lake: Any, spec: str, workdir: Path) -> str:
+    """A local path for a weights spec that names a file in the lake's storage (s3://...)."""
+    if "://" not in spec or spec.startswith("file://"):
+        return spec.removeprefix("file://")
+    target = workdir / spec.rsplit("/", 1)[-1]
+    target.write_bytes(lake.read_bytes(spec))
+    return str(target)
+
+
+def convert(spec: str, fallback: str, workdir: Path) -> tuple[bytes, dict[str, Any]]:
+    """Resolve and convert in a child Python: (ONNX model, account of the weights used).
+
+    TensorFlow is imported there, not in the Airflow task's process: its ~1 GB, its threads and
+    its global logging set-up end with the conversion.
+    """
+    command = [sys.executable, "-m", "orchard_jobs.model", spec, fallback, str(workdir)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or "error" in ln]
+        raise RuntimeError(
+            f"converting weights {spec!r} to ONNX failed: {lines[-1] if lines else done.stderr[-2000:]}"
+        )
+    account = json.loads((workdir / "weights.json").read_text(encoding="utf-8"))
+    return (workdir / "model.onnx").read_bytes(), account
+
+
+def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict[str, Any]:
+    """The ONNX model for a weights spec: taken from the lake when converted before, else converted now.
+
+    Returns the model's URI and SHA-256, the weights account (requested, used, meaningful,
+    warnings) for the run manifest, and whether this call converted it.
+    """
+    from orchard_jobs.engine import model_digest
+    from orchard_jobs.model import parse_weights
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        local_spec = _fetch_weights(lake, spec, workdir)
+        kind, arg = parse_weights(local_spec)
+        identity = weights_identity(kind, arg)
+        data, account = None, None
+        if identity is None:  # ImageNet not downloaded yet: resolving downloads it, or falls back
+            data, account = convert(local_spec, fallback, workdir)
+            identity = weights_identity(*parse_weights(account["used"]))
+        folder = f"{models_root}/{model_key(identity)}"
+        info_uri = f"{folder}/{INFO_FILE}"
+        converted = not lake.exists(info_uri)
+        if converted:
+            if data is None:
+                data, account = convert(local_spec, fallback, workdir)
+            info = {
+                "model": f"{folder}/{MODEL_FILE}",
+                "sha256": model_digest(data),
+                "bytes": len(data),
+                "identity": identity,
+                "converted_with": account["converted_with"],
+                "conversion": CONVERSION,
+            }
+            lake.write_bytes(info["model"], data, "application/octet-stream")
+            lake.write_json(info_uri, info)  # last: a present info file means a complete model
+        else:
+            info = lake.read_json(info_uri)
+    used = account["used"] if account else spec if kind != "random" else f"random:{arg}"
+    used = spec if used == local_spec else used
+    result = {
+        **{key: info[key] for key in ("model", "sha256", "bytes", "converted_with")},
+        "converted": converted,
+        "weights": {
+            "requested": spec,
+            "used": used,
+            "meaningful": not used.startswith("random"),
+            "warnings": list(account["warnings"]) if account else [],
+        },
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    log.info(
+        "ONNX model %s (weights %s): %s in %.1f s",
+        result["model"], used, "converted now" if converted else "converted before", result["seconds"],
+    )  # fmt: skip
+    for warning in result["weights"]["warnings"]:
+        log.warning("%s", warning)
+    return result
