@@ -16,7 +16,8 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
 2. **convert_model** resolves the `weights` and converts MobileNetV2 to ONNX, once per weights: the
    model is kept in the lake (`cache/models/`) and later runs reuse it.
 3. **featurize** (Spark, ONNX Runtime in the workers) turns every image into 1280 MobileNetV2
-   features; files that cannot be decoded go to `quarantine` with a reason. Nothing is dropped silently. Its log shows progress:
+   features; files that cannot be decoded go to `quarantine` with a reason. Nothing is dropped
+   silently. Its log shows progress:
    `featurize progress: 300/600 images (50%), tasks 1/2, 57.3 images/s, … s left`.
 4. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
    `pca_variance` of the variance.

@@ -157,7 +157,7 @@ def pipeline_model(spark: SparkSession, fitted: FittedPca, k: int) -> PipelineMo
     built from the arrays; the saved model loads with `PipelineModel.load` and projects new
     features (`to_vectors`) exactly as `scores` does.
     """
-    from pyspark.ml.common import _py2java  # noqa: PLC2701 - pyspark.ml's own Python-to-JVM converter
+    from pyspark.ml.common import _py2java  # ruff: ignore[import-private-name] - pyspark.ml's own Python-to-JVM converter
     from pyspark.ml.feature import PCAModel, StandardScalerModel
     from pyspark.ml.linalg import DenseMatrix, DenseVector
 
