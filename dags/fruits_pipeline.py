@@ -4,7 +4,7 @@
 Turns a folder of fruit photos (one sub-folder per class) into a table of PCA features.
 
 - local target: `upload_images` → `featurize` → `pca` → `export_csv` → `report` (spark-submit, local mode)
-- emr target: `stage_artifacts`, `upload_images` → `create_cluster` → `add_featurize_step` →
+- emr target: `check_aws` → `stage_artifacts`, `upload_images` → `create_cluster` → `add_featurize_step` →
   `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` → `terminate_cluster` (teardown:
   it runs whatever happened before it; a failed step still fails the run) and `export_csv` → `report`
 
@@ -223,6 +223,24 @@ with DAG(
 
     else:
 
+        @task
+        def check_aws() -> None:
+            """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            from orchard.preflight import problems, run_checks
+
+            def client(service: str):
+                return AwsBaseHook(client_type=service, **AWS).conn
+
+            instance_type = get_current_context()["params"]["instance_type"]
+            checks = run_checks(settings, client, instance_type)
+            for check in checks:
+                print(check)
+            failed = problems(checks)
+            if failed:
+                raise RuntimeError("AWS preflight failed:\n" + "\n".join(str(c) for c in failed))
+
         @task(multiple_outputs=True)
         def stage_artifacts() -> dict:
             """Stage jobs, bootstrap and weights under content-hashed prefixes; build the cluster spec."""
@@ -264,7 +282,9 @@ with DAG(
                 "job_flow": job_flow,
             }
 
+        preflight = check_aws()
         stage = stage_artifacts()
+        preflight >> [stage, upload]
         create_cluster = EmrCreateJobFlowOperator(
             task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None, **AWS
         )

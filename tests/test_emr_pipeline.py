@@ -28,6 +28,7 @@ from moto.server import ThreadedMotoServer
 
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
+from tests import iam
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
 
@@ -37,27 +38,15 @@ REGION = "eu-west-1"
 BUCKET = "orchard-test-lake"
 LAKE = f"s3://{BUCKET}/lake"
 STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
-POLICY = ROOT / "plugins" / "orchard" / "aws" / "airflow-iam-policy.json"
-# IAM actions an operation needs, where it is not simply "<service>:<operation>".
-S3_ACTIONS = {
-    "HeadBucket": {"s3:ListBucket"},
-    "ListObjectsV2": {"s3:ListBucket"},
-    "HeadObject": {"s3:GetObject"},
-    "CreateMultipartUpload": {"s3:PutObject"},
-    "UploadPart": {"s3:PutObject"},
-    "UploadPartCopy": {"s3:PutObject", "s3:GetObject"},
-    "CompleteMultipartUpload": {"s3:PutObject"},
-}
-IAM_PREFIX = {"emr": "elasticmapreduce"}
-# In the policy although no moto run calls them: what real AWS checks and moto does not, and
-# the clean-up of a failed CSV merge.
+# Grants of the policy that no moto run exercises, and why they are there.
 NOT_EXERCISED = {
-    "iam:PassRole": "RunJobFlow passes the service role and instance profile",
-    "elasticmapreduce:AddTags": "RunJobFlow with Tags",
-    "kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
-    "kms:Decrypt": "reads and multipart uploads with SSE-KMS",
-    "s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
-    "s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
+    "ReadWriteTheLake:s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
+    "ReadWriteTheLake:s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
+    "PreflightReleaseAndInstanceTypes:ec2:DescribeSubnets": "preflight with ORCHARD_EMR_SUBNET_ID set",
+    "UseTheLakeKeyOnlyWithSseKms:kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
+    "UseTheLakeKeyOnlyWithSseKms:kms:Decrypt": "reads and multipart uploads with SSE-KMS",
+    "UseTheLakeKeyOnlyWithSseKms:kms:DescribeKey": "preflight with ORCHARD_KMS_KEY_ID set",
+    "UseTheLakeKeyOnlyWithSseKms:kms:GetKeyPolicy": "preflight with ORCHARD_KMS_KEY_ID set",
 }
 
 
@@ -104,52 +93,35 @@ def moto_server(monkeypatch):
     requests.post(f"{url}/moto-api/reset", timeout=10)  # backends are process-wide: start empty
     s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
     yield s3
     requests.post(f"{url}/moto-api/reset", timeout=10)
     server.stop()
 
 
-@pytest.fixture
-def api_calls(monkeypatch):
-    """(service, operation) of every AWS call the pipeline makes (sync and async clients)."""
-    import aiobotocore.client
-    import botocore.client
-
-    calls: set[tuple[str, str]] = set()
-    ignored: list = []  # clients of the test itself
-    sync_call = botocore.client.BaseClient._make_api_call
-    async_call = aiobotocore.client.AioBaseClient._make_api_call
-
-    def record(client, operation):
-        if not any(client is c for c in ignored):
-            calls.add((client.meta.service_model.service_name, operation))
-
-    def sync_recording(self, operation, params):
-        record(self, operation)
-        return sync_call(self, operation, params)
-
-    async def async_recording(self, operation, params):
-        record(self, operation)
-        return await async_call(self, operation, params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", sync_recording)
-    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", async_recording)
-    return calls, ignored
+def create_default_roles(iam) -> None:
+    """What `aws emr create-default-roles` creates: the service role and the instance profile."""
+    for role in ("EMR_DefaultRole", "EMR_EC2_DefaultRole"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    iam.add_role_to_instance_profile(
+        InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole"
+    )
 
 
-def iam_actions(calls: set[tuple[str, str]]) -> set[str]:
-    actions = set()
-    for service, operation in calls:
-        if service == "s3":
-            actions |= S3_ACTIONS.get(operation, {f"s3:{operation}"})
-        else:
-            actions.add(f"{ {'emr': 'elasticmapreduce'}.get(service, service) }:{operation}")
-    return actions
-
-
-def policy_actions() -> set[str]:
-    statements = json.loads(POLICY.read_text())["Statement"]
-    return {action for st in statements if st["Effect"] == "Allow" for action in st["Action"]}
+def check_policy(calls) -> list:
+    """Every recorded call is allowed by the shipped policy, resource and conditions included."""
+    requests_made = iam.requests_for(calls)
+    assert requests_made, "no AWS call was recorded"
+    refused = iam.refused(iam.airflow_policy(BUCKET, "lake"), requests_made)
+    assert refused == [], "\n".join(refused)
+    return requests_made
 
 
 def clusters() -> dict:
@@ -247,10 +219,10 @@ def load_dag():
 
 
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, tmp_path, api_calls, capfd, caplog
+    airflow_db, moto_server, tmp_path, aws_calls, capfd, caplog
 ):
     s3 = moto_server
-    calls, ignored = api_calls
+    calls, ignored = aws_calls
     ignored.append(s3)
     source = tmp_path / "images"
     generate(source, per_class=4, seed=8)
@@ -299,10 +271,10 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert list(table.columns) == ["path", "label", "pc_1", "pc_2", "pc_3"]
     assert len(table) == 24
 
-    # The least-privilege policy names what the run called, and nothing else but the documented rest.
-    used = iam_actions(calls)
-    assert used <= policy_actions(), used - policy_actions()
-    assert policy_actions() - used == set(NOT_EXERCISED)
+    # Every call is allowed by the policy (resource and conditions too), and the policy grants
+    # nothing that no call needs but the documented rest.
+    requests_made = check_policy(calls)
+    assert iam.unused_grants(iam.airflow_policy(BUCKET, "lake"), requests_made) == set(NOT_EXERCISED)
 
     # Uploaded images are encrypted and a re-run would skip them.
     image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]
@@ -322,9 +294,9 @@ def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
 
 
 def test_failed_featurize_step_fails_the_run_and_still_terminates(
-    airflow_db, moto_server, tmp_path, capfd, caplog, api_calls
+    airflow_db, moto_server, tmp_path, capfd, caplog, aws_calls
 ):
-    calls, ignored = api_calls
+    calls, ignored = aws_calls
     ignored.append(moto_server)
     source = tmp_path / "images"
     generate(source, per_class=2, seed=1)
@@ -345,5 +317,5 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     assert cluster.state == "TERMINATED"
     output = capfd.readouterr()
     assert STDERR_TAIL in output.out + output.err
-    assert iam_actions(calls) <= policy_actions()
+    check_policy(calls)
     assert_no_secrets(output.out, output.err, caplog.text)

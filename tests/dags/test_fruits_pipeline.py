@@ -25,8 +25,9 @@ def dag():
 
 
 EMR_GRAPH = {
-    "stage_artifacts": [],
-    "upload_images": [],
+    "check_aws": [],
+    "stage_artifacts": ["check_aws"],
+    "upload_images": ["check_aws"],
     "create_cluster": ["stage_artifacts", "upload_images"],
     "add_featurize_step": ["create_cluster", "stage_artifacts", "upload_images"],
     "wait_featurize": ["add_featurize_step", "create_cluster", "upload_images"],
