@@ -257,6 +257,7 @@ with DAG(
                 files = artifacts.collect(Path(JOBS), Path(JOBS).parent / "bootstrap", Path(workdir))
                 prefix = f"{settings.lake}/artifacts/{artifacts.content_hash(files)}"
                 staged = upload_files(client, files, prefix, settings.encryption)
+            wheelhouse = stage_wheelhouse(client, files["requirements.txt"])
             weights = params["weights"]
             weights_file = artifacts.local_weights(weights)
             if weights_file is not None:
@@ -271,6 +272,7 @@ with DAG(
                 dag_id=context["dag"].dag_id,
                 bootstrap_uri=staged["install-python-deps.sh"],
                 requirements_uri=staged["requirements.txt"],
+                wheelhouse_uri=wheelhouse,
                 instance_type=params["instance_type"],
                 core_instances=params["core_instances"],
             )
@@ -343,6 +345,21 @@ with DAG(
         add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
         # The report needs the lake only: the cluster need not wait for it.
         export >> report(upload)
+
+
+def stage_wheelhouse(client, requirements) -> str:
+    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash."""
+    from orchard import artifacts
+    from orchard.s3 import existing_sizes, split_uri, upload_files
+
+    prefix = f"{settings.lake}/artifacts/wheelhouse/{artifacts.requirements_hash(requirements)}"
+    uri = f"{prefix}/{artifacts.WHEELHOUSE}"
+    if artifacts.WHEELHOUSE in existing_sizes(client, *split_uri(prefix)):
+        return uri
+    tar = artifacts.build_wheelhouse(requirements, artifacts.default_cache())
+    return upload_files(client, {artifacts.WHEELHOUSE: tar}, prefix, settings.encryption)[
+        artifacts.WHEELHOUSE
+    ]
 
 
 def _s3_client():

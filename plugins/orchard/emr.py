@@ -29,6 +29,7 @@ def job_flow_spec(
     dag_id: str,
     bootstrap_uri: str,
     requirements_uri: str,
+    wheelhouse_uri: str,
     instance_type: str,
     core_instances: int,
 ) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def job_flow_spec(
         "BootstrapActions": [
             {
                 "Name": "install-python-deps",
-                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [requirements_uri]},
+                # The nodes install from the staged wheelhouse: they need S3, not PyPI.
+                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [requirements_uri, wheelhouse_uri]},
             }
         ],
         "Configurations": [

@@ -25,6 +25,7 @@ def spec(settings: Settings = SETTINGS, **overrides) -> dict:
         "dag_id": "fruits_pipeline",
         "bootstrap_uri": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
         "requirements_uri": "s3://orchard-lake/prod/artifacts/abc/requirements.txt",
+        "wheelhouse_uri": "s3://orchard-lake/prod/artifacts/wheelhouse/123/wheelhouse.tar",
         "instance_type": "m5.xlarge",
         "core_instances": 2,
     }
@@ -46,7 +47,10 @@ def test_spec_defaults():
             "Name": "install-python-deps",
             "ScriptBootstrapAction": {
                 "Path": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
-                "Args": ["s3://orchard-lake/prod/artifacts/abc/requirements.txt"],
+                "Args": [
+                    "s3://orchard-lake/prod/artifacts/abc/requirements.txt",
+                    "s3://orchard-lake/prod/artifacts/wheelhouse/123/wheelhouse.tar",
+                ],
             },
         }
     ]
