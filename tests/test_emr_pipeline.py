@@ -1,17 +1,23 @@
 """The emr target end to end against moto's threaded server, with the provider's real operators.
 
 moto accepts EMR calls but never runs steps. `EmrStandIn` plays the cluster: it takes each step
-exactly as submitted (staged script, --py-files zip, arguments), runs it with local spark-submit
-on a mirror of the bucket, writes the outputs back to S3 and marks the step COMPLETED; or marks
-it FAILED with a stderr log where the real EMR would put one.
+exactly as submitted (staged script, --py-files zip, arguments) and spark-submits it in client
+mode to a Spark standalone cluster the test starts (a master and two one-core workers, separate
+processes), on a mirror of the bucket; it writes the outputs back to S3 and marks the step
+COMPLETED; or marks it FAILED with a stderr log where the real EMR would put one. The workers'
+Python cannot import orchard_jobs from the editable install, and records where each executor
+imported it from: the test checks that it was the shipped zip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +32,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
 from moto.server import ThreadedMotoServer
 
+from orchard import artifacts
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
 from tests import iam
@@ -38,6 +45,10 @@ REGION = "eu-west-1"
 BUCKET = "orchard-test-lake"
 LAKE = f"s3://{BUCKET}/lake"
 STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
+WHEELHOUSE_KEY = (
+    f"lake/artifacts/wheelhouse/{artifacts.requirements_hash(ROOT / 'bootstrap' / 'requirements.txt')}"
+    f"/{artifacts.WHEELHOUSE}"
+)
 # Grants of the policy that no moto run exercises, and why they are there.
 NOT_EXERCISED = {
     "ReadWriteTheLake:s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
@@ -100,6 +111,9 @@ def moto_server(monkeypatch):
         },
     )
     create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
+    # The stand-in never runs the bootstrap (tests/test_bootstrap.py does, with the real wheelhouse):
+    # a wheelhouse already staged for these requirements is reused, as on every run after the first.
+    s3.put_object(Bucket=BUCKET, Key=WHEELHOUSE_KEY, Body=b"", ServerSideEncryption="AES256")
     yield s3
     requests.post(f"{url}/moto-api/reset", timeout=10)
     server.stop()
@@ -131,12 +145,104 @@ def clusters() -> dict:
     }
 
 
+# Loaded by the workers' Python (PYTHONPATH): drops the editable install's import hook, so the
+# executors can import orchard_jobs only from what spark-submit shipped (--py-files), and records
+# where each import came from.
+SITECUSTOMIZE = """
+import os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                    and "__editable__" not in getattr(type(f), "__module__", "")]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p) not in {repo_dirs!r}]
+
+class _Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "orchard_jobs":
+            return None
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, path)
+        with open(os.path.join(os.environ["ORCHARD_IMPORT_LOG"], str(os.getpid())), "a") as log:
+            log.write(f"{{spec.origin if spec else None}}\\n")
+        return spec
+
+sys.meta_path.insert(0, _Recorder())
+"""
+# Sizing for the test's workers (1 core, 1 GiB each) in place of the m5.xlarge sizing of the steps.
+STANDIN_SIZING = {
+    "spark.executor.cores": "1",
+    "spark.executor.memory": "512m",
+    "spark.executor.memoryOverhead": "384m",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def spark_standalone(tmp_path):
+    """A Spark standalone master and two one-core workers (pyspark's own spark-class), stopped after."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = home / "bin" / "spark-class"
+    if not spark_class.exists():
+        pytest.skip(f"{spark_class} not found")
+    site = tmp_path / "worker-site"
+    site.mkdir()
+    repo_dirs = {str(ROOT), str(ROOT / "spark_jobs"), str(ROOT / "plugins")}
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(repo_dirs=repo_dirs))
+    imports = tmp_path / "executor-imports"
+    imports.mkdir()
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base |= {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+    procs, logs = [], []
+
+    def start(name, args, env):
+        log = tmp_path / f"{name}.log"
+        logs.append(log)
+        with log.open("w") as out:
+            procs.append(
+                subprocess.Popen([str(spark_class), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+            )  # fmt: skip
+
+    try:
+        start("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                         "--webui-port", str(free_port())], base)  # fmt: skip
+        workers = {**base, "PYTHONPATH": str(site), "ORCHARD_IMPORT_LOG": str(imports)}
+        for i in (1, 2):
+            start(f"worker{i}", ["org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+                                 "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+                                 "--work-dir", str(tmp_path / f"work{i}")], workers)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while not all("Successfully registered with master" in (tmp_path / f"worker{i}.log").read_text()
+                      for i in (1, 2)):  # fmt: skip
+            assert time.monotonic() < deadline, "workers did not register:\n" + logs[-1].read_text()[-2000:]
+            assert all(p.poll() is None for p in procs), "a Spark daemon exited"
+            time.sleep(0.5)
+        yield {"master": master_url, "imports": imports, "pids": [p.pid for p in procs]}
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
 class EmrStandIn(threading.Thread):
     """Runs (or fails) the steps moto receives; see the module docstring."""
 
-    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = ()):
+    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = (), master: str = "local[2]"):
         super().__init__(daemon=True)
-        self.s3, self.workdir, self.fail = s3, workdir, fail
+        self.s3, self.workdir, self.fail, self.master = s3, workdir, fail, master
         self.done = threading.Event()
         self.handled: set[str] = set()
         self.errors: list[str] = []
@@ -174,17 +280,14 @@ class EmrStandIn(threading.Thread):
 
         args = list(step.args)
         assert args[:4] == ["spark-submit", "--deploy-mode", "client", "--py-files"], args
-        command = [
-            "spark-submit",
-            "--master",
-            "local[2]",
-            "--py-files",
-            local(args[4]).removeprefix("file://"),
-        ]
+        command = ["spark-submit", "--master", self.master, "--deploy-mode", "client"]
+        command += ["--py-files", local(args[4]).removeprefix("file://")]
         rest = args[5:]
         while rest[0] == "--conf":
             command += ["--conf", rest[1].replace(NODE_PYTHON, sys.executable)]
             rest = rest[2:]
+        for key, value in STANDIN_SIZING.items():  # later --conf wins
+            command += ["--conf", f"{key}={value}"]
         command += [local(rest[0]).removeprefix("file://"), *[local(a) for a in rest[1:]]]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the zip must carry the modules
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -219,7 +322,7 @@ def load_dag():
 
 
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, tmp_path, aws_calls, capfd, caplog
+    airflow_db, moto_server, spark_standalone, tmp_path, aws_calls, capfd, caplog
 ):
     s3 = moto_server
     calls, ignored = aws_calls
@@ -234,7 +337,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     model.set_weights(random_weights(9))
     model.save_weights(weights_file)
 
-    stand_in = EmrStandIn(s3, tmp_path)
+    stand_in = EmrStandIn(s3, tmp_path, master=spark_standalone["master"])
     ignored.append(stand_in.s3)
     stand_in.start()
     try:
@@ -245,6 +348,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
         stand_in.done.set()
     assert stand_in.errors == []
     assert run.state == "success"
+    check_executor_imports(spark_standalone["imports"])
 
     (cluster,) = clusters().values()
     assert cluster.state == "TERMINATED"
@@ -254,6 +358,8 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     weights_arg = featurize_args[featurize_args.index("--weights") + 1]
     assert weights_arg.startswith(f"{LAKE}/artifacts/weights/") and weights_arg.endswith(".weights.h5")
     assert featurize_args[featurize_args.index("--py-files") + 1].endswith("/orchard_jobs.zip")
+    (bootstrap,) = cluster.bootstrap_actions
+    assert bootstrap.args[-1] == f"s3://{BUCKET}/{WHEELHOUSE_KEY}"  # the nodes install from the lake
 
     latest = json.loads(s3.get_object(Bucket=BUCKET, Key="lake/latest.json")["Body"].read())
     manifest = json.loads(
@@ -282,6 +388,15 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
     check_report_and_logs(s3, manifest, capfd, caplog)
+
+
+def check_executor_imports(imports: Path) -> None:
+    """Python workers of the executors (separate processes) imported orchard_jobs, only from the zip."""
+    logs = list(imports.iterdir())
+    origins = [line for log in logs for line in log.read_text().splitlines()]
+    assert len(logs) >= 2, origins
+    assert origins, "no executor imported orchard_jobs"
+    assert all("orchard_jobs.zip" in origin for origin in origins), origins
 
 
 def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
