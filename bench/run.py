@@ -6,14 +6,18 @@ Run it with `make bench`. Nothing here is a pass/fail test: it prints what it me
 that are compared are run in the same process or back to back, interleaved, several times, and the
 medians are compared, so a machine that is busy or throttled slows both sides alike.
 
-R1  Spark featurization ÷ plain in-process Keras (same images, weights, batch size, cores)
-R2  model builds ÷ Python workers in a featurize run
+R1  Spark featurization (ONNX Runtime) ÷ plain in-process Keras, the peers' way (same images,
+    weights, batch size, cores)
+R1b Spark featurization ÷ the same engine in one plain process with the same threads: Spark's own cost
+R2  model builds (engine sessions opened) ÷ Python workers in a featurize run
 R3  featurizations executed ÷ images over a whole `airflow dags test` run
 R4  decode+resize time ÷ inference time
-R5  plain Keras images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s
+R5  engine images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s
 R6  Spark PCA fit ÷ numpy covariance+eigh on the same matrix (and whether they agree)
 R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
 R8  throughput and peak memory at growing image counts
+
+`--scale N` instead runs the real featurize and PCA steps on N generated images (make bench-scale).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def fingerprint() -> dict:
         pass
     wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
     import keras
+    import onnxruntime
     import pandas
     import pyarrow
     import pyspark
@@ -88,6 +93,7 @@ def fingerprint() -> dict:
         "java": (java.splitlines() or ["?"])[0],
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "pyspark": pyspark.__version__,
         "numpy": np.__version__,
         "pandas": pandas.__version__,
@@ -130,6 +136,8 @@ class PeakRss:
         self.process = psutil.Process(pid)
         self.peak = 0
         self.peak_python_worker = 0
+        self.peak_workers = 0
+        self.peak_driver = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -145,12 +153,14 @@ class PeakRss:
                 try:
                     rss = proc.memory_info().rss
                     total += rss
-                    if "pyspark" in " ".join(proc.cmdline()) and "java" not in proc.name():
+                    if "pyspark.daemon" in " ".join(proc.cmdline()):  # the daemon and its workers
                         workers.append(rss)
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
             self.peak_python_worker = max([self.peak_python_worker, *workers])
+            self.peak_workers = max(self.peak_workers, sum(workers))
+            self.peak_driver = max(self.peak_driver, total - sum(workers))
 
     def stop(self) -> dict:
         self._stop.set()
@@ -158,6 +168,8 @@ class PeakRss:
         return {
             "peak_rss_gib": round(self.peak / 2**30, 2),
             "peak_python_worker_gib": round(self.peak_python_worker / 2**30, 2),
+            "peak_python_workers_gib": round(self.peak_workers / 2**30, 2),
+            "peak_driver_gib": round(self.peak_driver / 2**30, 2),
         }
 
 
@@ -178,16 +190,34 @@ def submit_env(settings: Settings) -> dict:
     return {**os.environ, **steps.local_env(settings), "PYTHONPATH": str(ROOT / "spark_jobs")}
 
 
-def spark_submit(settings: Settings, images: Path, out: Path, master: str = "local[2]") -> dict:
-    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
-    command = [
+def model_document(work: Path) -> Path:
+    """The run's model document for random:42 weights, converted once as convert_model does."""
+    from orchard.export import LocalLake
+    from orchard.inference import prepare_model
+
+    doc = prepare_model(LocalLake(), f"file://{work}/models", f"random:{WEIGHTS_SEED}", "fail")
+    path = work / "inference_model.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def submit_command(settings: Settings, script: str, args: list[str], master: str = "local[2]") -> list[str]:
+    """spark-submit of a step exactly as the DAG's local target runs it."""
+    return [
         "spark-submit", "--master", master, "--driver-memory", settings.spark_driver_memory,
         *[a for key, value in steps.local_spark_conf(settings).items() for a in ("--conf", f"{key}={value}")],
-        str(ROOT / "spark_jobs" / "featurize.py"),
+        str(ROOT / "spark_jobs" / script), *args,
+    ]  # fmt: skip
+
+
+def spark_submit(settings: Settings, images: Path, out: Path, model: Path, master: str = "local[2]") -> dict:
+    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
+    args = [
         "--images", f"file://{images}", "--features", f"file://{out}/features",
         "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--weights", f"random:{WEIGHTS_SEED}",
+        "--model", f"file://{model}",
     ]  # fmt: skip
+    command = submit_command(settings, "featurize.py", args, master)
     started = time.perf_counter()
     proc = subprocess.Popen(
         command, env=submit_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -201,6 +231,26 @@ def spark_submit(settings: Settings, images: Path, out: Path, master: str = "loc
     summary = json.loads((out / "featurize.json").read_text())
     executed = sum(int(m.group(1)) for m in FEATURIZED_LINE.finditer(output))
     return {"wall_s": wall, "summary": summary, "executed": executed, **peaks}
+
+
+def pca_submit(settings: Settings, features_dir: Path, out: Path, k: int = 50) -> dict:
+    """The PCA step exactly as the DAG submits it: wall time, memory."""
+    args = [
+        "--features", f"file://{features_dir}", "--pca", f"file://{out}/pca", "--model", f"file://{out}/model",
+        "--summary", f"file://{out}/pca.json", "--csv-parts", f"file://{out}/csv_parts", "--k", str(k),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        submit_command(settings, "pca.py", args),
+        env=submit_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    memory = PeakRss(proc.pid)
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    peaks = memory.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pca failed ({proc.returncode}):\n{output[-3000:]}")
+    return {"wall_s": wall, "summary": json.loads((out / "pca.json").read_text()), **peaks}
 
 
 PLAIN_COLD = """
@@ -228,24 +278,32 @@ def plain_cold(images: Path) -> float:
 # --- the measurements ------------------------------------------------------------------------
 
 
-def steady_state(images: Path, paths: list[Path], reps: int) -> dict:
-    """R1 (steady), R4: a warm Spark session and a warm in-process model, interleaved."""
+def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) -> dict:
+    """R1, R1b (steady), R4, R5: a warm Spark session, warm in-process Keras and engine, interleaved."""
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from orchard_jobs import features
+    from orchard_jobs.engine import OnnxFeaturizer
     from orchard_jobs.images import decode_image
     from orchard_jobs.model import Featurizer, random_weights
 
-    weights = random_weights(WEIGHTS_SEED)
-    plain = Featurizer(weights)  # TensorFlow's default: all cores for one model
+    model = Path(json.loads(model_doc.read_text())["model"].removeprefix("file://")).read_bytes()
+    keras_plain = Featurizer(random_weights(WEIGHTS_SEED))  # TensorFlow's default: all cores
+    threads = os.cpu_count() or 1  # the same threads as Spark's local[N] workers, one each
+    engine_plain = OnnxFeaturizer(model, threads=threads)
 
-    def plain_pipeline() -> np.ndarray:
-        out = []
-        for i in range(0, len(paths), BATCH):
-            out.append(plain(np.stack([decode_image(p.read_bytes()) for p in paths[i : i + BATCH]])))
-        return np.concatenate(out)
+    def plain(featurizer) -> Callable[[], np.ndarray]:
+        def pipeline() -> np.ndarray:
+            out = []
+            for i in range(0, len(paths), BATCH):
+                batch = np.stack([decode_image(p.read_bytes()) for p in paths[i : i + BATCH]])
+                out.append(featurizer(batch))
+            return np.concatenate(out)
 
+        return pipeline
+
+    plain_keras, plain_engine = plain(keras_plain), plain(engine_plain)
     decoded = np.stack([decode_image(p.read_bytes()) for p in paths])
 
     def decode_only() -> None:
@@ -254,35 +312,37 @@ def steady_state(images: Path, paths: list[Path], reps: int) -> dict:
 
     def infer_only() -> None:
         for i in range(0, len(decoded), BATCH):
-            plain(decoded[i : i + BATCH])
+            engine_plain(decoded[i : i + BATCH])
 
-    builder = SparkSession.builder.master("local[2]").appName("orchard-bench")
+    builder = SparkSession.builder.master(f"local[{threads}]").appName("orchard-bench")
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in steps.spark_conf().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    broadcast = spark.sparkContext.broadcast(weights)
+    broadcast = spark.sparkContext.broadcast(model)
     uri = f"file://{images}"
     slots = spark.sparkContext.defaultParallelism
     partitions = features.plan_partitions(len(paths), slots)
 
-    def spark_pipeline(threads: int):
+    def spark_pipeline():
         files, _ = features.read_images(spark, uri)
-        results = features.featurize(files, uri, broadcast, partitions, threads=threads)
+        results = features.featurize(files, uri, broadcast, partitions, threads=1)
         # Summing the features' lengths forces the UDF on every row (a count() would skip it).
         return results.agg(F.sum(F.size("features"))).first()[0]
 
-    expected = plain_pipeline()  # warm-up, and the reference features
-    spark_pipeline(1)  # warm-up: Python workers start, models are built
-    rows = {"plain": [], "spark": [], "decode": [], "infer": []}
+    expected = plain_keras()  # warm-up, and the reference features
+    plain_engine()
+    spark_pipeline()  # warm-up: Python workers start, sessions open
+    rows = {"keras": [], "engine": [], "spark": [], "decode": [], "infer": []}
     for rep in range(reps):
-        rows["plain"].append(timed(plain_pipeline)[0])
-        rows["spark"].append(timed(lambda: spark_pipeline(1))[0])
+        rows["keras"].append(timed(plain_keras)[0])
+        rows["spark"].append(timed(spark_pipeline)[0])
+        rows["engine"].append(timed(plain_engine)[0])
         rows["decode"].append(timed(decode_only)[0])
         rows["infer"].append(timed(infer_only)[0])
         log(f"steady rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()))
 
-    # The tuned Spark path computes the same numbers as plain Keras.
+    # The Spark path (ONNX Runtime in the workers) computes the same numbers as plain Keras.
     files, _ = features.read_images(spark, uri)
     got = features.featurize(files, uri, broadcast, partitions, threads=1).select("path", "features")
     by_path = {r.path: r.features for r in got.collect()}
@@ -295,7 +355,9 @@ def steady_state(images: Path, paths: list[Path], reps: int) -> dict:
     return {
         "images": n,
         "partitions": partitions,
-        "plain_img_s": n / median(rows["plain"]),
+        "threads": threads,
+        "keras_img_s": n / median(rows["keras"]),
+        "engine_img_s": n / median(rows["engine"]),
         "spark_img_s": n / median(rows["spark"]),
         "decode_s": median(rows["decode"]),
         "infer_s": median(rows["infer"]),
@@ -305,12 +367,12 @@ def steady_state(images: Path, paths: list[Path], reps: int) -> dict:
     }
 
 
-def cold_start(settings: Settings, images: Path, work: Path, reps: int) -> dict:
+def cold_start(settings: Settings, images: Path, work: Path, reps: int, model_doc: Path) -> dict:
     """R1 including start-up, R2: the real featurize step vs a fresh plain-Keras process."""
     spark_runs, plain_runs = [], []
     for rep in range(reps):
         out = work / f"cold-{rep}"
-        spark_runs.append(spark_submit(settings, images, out))
+        spark_runs.append(spark_submit(settings, images, out, model_doc))
         plain_runs.append(plain_cold(images))
         shutil.rmtree(out)
         log(
@@ -320,6 +382,7 @@ def cold_start(settings: Settings, images: Path, work: Path, reps: int) -> dict:
     counts = [r["summary"]["counts"] for r in spark_runs]
     return {
         "spark_wall_s": median([r["wall_s"] for r in spark_runs]),
+        "spark_job_s": median([r["summary"]["seconds"] for r in spark_runs]),
         "plain_wall_s": median(plain_runs),
         "model_builds": [c["model_builds"] for c in counts],
         "python_workers": [c["python_workers"] for c in counts],
@@ -330,19 +393,16 @@ def cold_start(settings: Settings, images: Path, work: Path, reps: int) -> dict:
     }
 
 
-def pca_agreement(matrix: np.ndarray, k: int, reps: int) -> dict:
-    """R6: orchard's Spark PCA fit vs numpy covariance + eigh on the same matrix."""
-    from pyspark.ml.linalg import Vectors
+def pca_agreement(features_dir: Path, k: int, reps: int) -> dict:
+    """R6: orchard's Spark PCA fit (what the pca step runs) vs numpy covariance + eigh, same features."""
+    import pandas as pd
     from pyspark.sql import SparkSession
 
     from orchard_jobs import pca
 
+    matrix = np.stack(pd.read_parquet(features_dir).features.to_numpy()).astype(np.float32)
     spark = SparkSession.builder.master("local[2]").appName("orchard-bench-pca").getOrCreate()
-    frame = spark.createDataFrame(
-        [(f"{i}", "x", Vectors.dense(row.astype(float))) for i, row in enumerate(matrix)],
-        ["path", "label", "vector"],
-    ).cache()
-    frame.count()
+    frame = spark.read.parquet(f"file://{features_dir}")
 
     def numpy_fit():
         centred = matrix.astype(np.float64) - matrix.mean(axis=0)
@@ -351,18 +411,18 @@ def pca_agreement(matrix: np.ndarray, k: int, reps: int) -> dict:
         return values[order], vectors[:, order[:k]]
 
     spark_s, numpy_s = [], []
+    pca.fit(frame)  # warm-up: Python workers start
     for _ in range(reps):
-        seconds, model = timed(lambda: pca.fit(frame, k))
+        seconds, fitted = timed(lambda: pca.fit(frame))
         spark_s.append(seconds)
         seconds, (values, vectors) = timed(numpy_fit)
         numpy_s.append(seconds)
-    spark_ratios = np.array(pca.explained_variance(model))
+    spark_ratios = np.array(fitted.ratios[:k])
     numpy_ratios = values[:k] / values.sum()
-    components = model.stages[-1].pc.toArray()
     # Components agree up to sign: |cosine| of each pair close to 1 (top components only: the
     # trailing ones of a near-degenerate spectrum may rotate within their eigenspace).
     top = min(k, 10)
-    cosines = np.abs(np.sum(components[:, :top] * vectors[:, :top], axis=0))
+    cosines = np.abs(np.sum(fitted.components[:, :top] * vectors[:, :top], axis=0))
     spark.stop()
     return {
         "matrix": list(matrix.shape),
@@ -412,11 +472,11 @@ def dag_run(settings: Settings, images: Path, work: Path) -> dict:
     }
 
 
-def scaling(settings: Settings, root: Path, sizes: list[int], work: Path) -> list[dict]:
+def scaling(settings: Settings, root: Path, sizes: list[int], work: Path, model_doc: Path) -> list[dict]:
     """R8: the real featurize step at growing image counts: throughput and peak memory."""
     rows = []
     for size in sizes:
-        run = spark_submit(settings, root / f"n{size}", work / f"scale-{size}")
+        run = spark_submit(settings, root / f"n{size}", work / f"scale-{size}", model_doc)
         summary = run["summary"]
         rows.append(
             {
@@ -430,6 +490,9 @@ def scaling(settings: Settings, root: Path, sizes: list[int], work: Path) -> lis
                 "executed": run["executed"],
                 "peak_rss_gib": run["peak_rss_gib"],
                 "peak_python_worker_gib": run["peak_python_worker_gib"],
+                "peak_python_workers_gib": run["peak_python_workers_gib"],
+                "peak_driver_gib": run["peak_driver_gib"],
+                "driver": summary.get("driver", {}),
             }
         )
         log(
@@ -449,26 +512,33 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
     model_gflops = s["infer_img_s"] * GFLOP_PER_IMAGE
     builds_per_worker = max(b / w for b, w in zip(c["model_builds"], c["python_workers"], strict=True))
     marginal = (scale[-1]["images"] - scale[0]["images"]) / (scale[-1]["wall_s"] - scale[0]["wall_s"])
-    reps = len(s["raw_seconds"]["plain"])
+    reps = len(s["raw_seconds"]["keras"])
     return [
         (
             "R1 steady: Spark ÷ plain Keras throughput",
-            f"{s['spark_img_s'] / s['plain_img_s']:.2f}",
-            f"Spark {s['spark_img_s']:.1f} img/s ({s['partitions']} partitions, 1 TF thread per task) vs "
-            f"plain {s['plain_img_s']:.1f} img/s (read+decode+infer, TF on all cores); {s['images']} images, "
-            f"medians of {reps}; same features (max rel. diff {s['max_rel_diff']:.1e})",
+            f"{s['spark_img_s'] / s['keras_img_s']:.2f}",
+            f"Spark {s['spark_img_s']:.1f} img/s ({s['partitions']} partitions, ONNX Runtime, 1 thread per "
+            f"task) vs plain Keras {s['keras_img_s']:.1f} img/s (read+decode+infer, TF on all cores); "
+            f"{s['images']} images, medians of {reps}; same features as Keras (max rel. diff "
+            f"{s['max_rel_diff']:.1e})",
+        ),
+        (
+            "R1b steady: Spark ÷ the same engine in one process",
+            f"{s['spark_img_s'] / s['engine_img_s']:.2f}",
+            f"Spark {s['spark_img_s']:.1f} img/s vs plain ONNX Runtime {s['engine_img_s']:.1f} img/s "
+            f"(read+decode+infer, {s['threads']} intra-op threads = Spark's {s['threads']} workers × 1)",
         ),
         (
             "R1 incl. start-up: Spark ÷ plain Keras throughput",
             f"{c['plain_wall_s'] / c['spark_wall_s']:.2f}",
-            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s vs a fresh plain-Keras process "
-            f"{c['plain_wall_s']:.1f} s for the same {s['images']} images, "
+            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s (of which the job {c['spark_job_s']:.1f} s) "
+            f"vs a fresh plain-Keras process {c['plain_wall_s']:.1f} s for the same {s['images']} images, "
             f"medians of {len(c['model_builds'])}",
         ),
         (
             "R2: model builds ÷ Python workers",
             f"{builds_per_worker:.2f}",
-            f"builds {c['model_builds']}, workers {c['python_workers']} (start-up runs); R8 runs: builds "
+            f"sessions opened {c['model_builds']}, workers {c['python_workers']} (start-up runs); R8 runs: "
             f"{[r['model_builds'] for r in scale]}, workers {[r['python_workers'] for r in scale]}",
         ),
         (
@@ -480,7 +550,8 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         (
             "R4: decode+resize ÷ inference time",
             f"{s['decode_s'] / s['infer_s']:.3f}",
-            f"decode {s['decode_s']:.2f} s, inference {s['infer_s']:.2f} s ({s['infer_img_s']:.1f} img/s)",
+            f"decode {s['decode_s']:.2f} s, inference {s['infer_s']:.2f} s ({s['infer_img_s']:.1f} img/s, "
+            "ONNX Runtime)",
         ),
         (
             "R5: model FLOP rate ÷ matmul FLOP rate",
@@ -492,8 +563,8 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             "R6: Spark PCA fit ÷ numpy cov+eigh",
             f"{p['spark_fit_s'] / p['numpy_fit_s']:.1f}",
             f"Spark {p['spark_fit_s']:.2f} s vs numpy {p['numpy_fit_s']:.2f} s on "
-            f"{p['matrix'][0]}×{p['matrix'][1]} features, k={p['k']}; explained variance max diff "
-            f"{p['variance_max_abs_diff']:.1e}, top-10 components min abs cosine "
+            f"{p['matrix'][0]}×{p['matrix'][1]} features (all components; k={p['k']} compared); explained "
+            f"variance max diff {p['variance_max_abs_diff']:.1e}, top-10 components min abs cosine "
             f"{p['top_component_min_abs_cosine']:.6f}",
         ),
         (
@@ -511,7 +582,9 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         (
             "R8: peak memory by image count",
             ", ".join(f"{r['images']}: {r['peak_rss_gib']} GiB" for r in scale),
-            "whole process tree (driver JVM + Python workers); one Python worker at most "
+            "whole process tree (driver JVM + Python workers); driver "
+            f"{[r['peak_driver_gib'] for r in scale]} GiB, all Python workers "
+            f"{[r['peak_python_workers_gib'] for r in scale]} GiB, one Python worker at most "
             f"{max(r['peak_python_worker_gib'] for r in scale)} GiB",
         ),
     ]
@@ -523,7 +596,7 @@ def report(results: dict) -> str:
     lines = [
         f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, {m['memory_gib']} GiB; "
         f"Python {m['python']}, {m['java']}",
-        f"TensorFlow {m['tensorflow']}, Keras {m['keras']}, PySpark {m['pyspark']}, numpy {m['numpy']}, "
+        f"ONNX Runtime {m['onnxruntime']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, PySpark {m['pyspark']}, numpy {m['numpy']}, "
         f"pandas {m['pandas']}, pyarrow {m['pyarrow']}",
         f"Batch {BATCH}, weights random:{WEIGHTS_SEED}, generated 100x100 fruit images, Spark local[2].",
         "",
@@ -557,16 +630,13 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             image_set(work / f"n{size}", size, seed=2)
         log(f"generated {args.images} + {sizes} images in {work}")
+        model_doc = model_document(work)
         results["matmul_gflops"] = matmul_gflops()
-        results["steady"] = steady_state(images, paths, args.reps)
-        results["cold"] = cold_start(settings, images, work, args.cold_reps)
+        results["steady"] = steady_state(images, paths, args.reps, model_doc)
+        results["cold"] = cold_start(settings, images, work, args.cold_reps, model_doc)
         results["dag"] = dag_run(settings, images, work / "dag")
-        results["scaling"] = scaling(settings, work, sizes, work)
-        import pandas as pd
-
-        largest = pd.read_parquet(work / f"scale-{sizes[-1]}" / "features")
-        matrix = np.stack(largest.features.to_numpy()).astype(np.float32)
-        results["pca"] = pca_agreement(matrix, k=50, reps=3)
+        results["scaling"] = scaling(settings, work, sizes, work, model_doc)
+        results["pca"] = pca_agreement(work / f"scale-{sizes[-1]}" / "features", k=50, reps=3)
         results["total_s"] = round(time.perf_counter() - started, 1)
         print(report(results))
         print(f"\nbench total: {results['total_s']} s")

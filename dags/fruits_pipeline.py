@@ -5,7 +5,7 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
 
 - local target: `upload_images` → `convert_model` → `featurize` → `pca` → `export_csv` → `report`
   (spark-submit, local mode)
-- emr target: `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
+- emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
   `terminate_cluster` (teardown: it runs whatever happened before it; a failed step still fails the
   run) and `export_csv` → `report`
@@ -241,6 +241,24 @@ with DAG(
 
     else:
 
+        @task
+        def check_aws() -> None:
+            """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            from orchard.preflight import problems, run_checks
+
+            def client(service: str):
+                return AwsBaseHook(client_type=service, **AWS).conn
+
+            instance_type = get_current_context()["params"]["instance_type"]
+            checks = run_checks(settings, client, instance_type)
+            for check in checks:
+                print(check)
+            failed = problems(checks)
+            if failed:
+                raise RuntimeError("AWS preflight failed:\n" + "\n".join(str(c) for c in failed))
+
         @task(multiple_outputs=True)
         def stage_artifacts() -> dict:
             """Stage jobs and bootstrap under a content-hashed prefix; build the cluster spec."""
@@ -257,12 +275,14 @@ with DAG(
                 files = artifacts.collect(Path(JOBS), Path(JOBS).parent / "bootstrap", Path(workdir))
                 prefix = f"{settings.lake}/artifacts/{artifacts.content_hash(files)}"
                 staged = upload_files(client, files, prefix, settings.encryption)
+            wheelhouse = stage_wheelhouse(client, files["requirements.txt"])
             job_flow = emr.job_flow_spec(
                 settings,
                 run_id=context["run_id"],
                 dag_id=context["dag"].dag_id,
                 bootstrap_uri=staged["install-python-deps.sh"],
                 requirements_uri=staged["requirements.txt"],
+                wheelhouse_uri=wheelhouse,
                 instance_type=params["instance_type"],
                 core_instances=params["core_instances"],
             )
@@ -273,7 +293,9 @@ with DAG(
                 "job_flow": job_flow,
             }
 
+        preflight = check_aws()
         stage = stage_artifacts()
+        preflight >> [stage, upload]
         create_cluster = EmrCreateJobFlowOperator(
             task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None, **AWS
         )
@@ -332,6 +354,21 @@ with DAG(
         add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
         # The report needs the lake only: the cluster need not wait for it.
         export >> report(upload)
+
+
+def stage_wheelhouse(client, requirements) -> str:
+    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash."""
+    from orchard import artifacts
+    from orchard.s3 import existing_sizes, split_uri, upload_files
+
+    prefix = f"{settings.lake}/artifacts/wheelhouse/{artifacts.requirements_hash(requirements)}"
+    uri = f"{prefix}/{artifacts.WHEELHOUSE}"
+    if artifacts.WHEELHOUSE in existing_sizes(client, *split_uri(prefix)):
+        return uri
+    tar = artifacts.build_wheelhouse(requirements, artifacts.default_cache())
+    return upload_files(client, {artifacts.WHEELHOUSE: tar}, prefix, settings.encryption)[
+        artifacts.WHEELHOUSE
+    ]
 
 
 def _s3_client():

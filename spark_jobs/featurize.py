@@ -99,6 +99,12 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
         "threads_per_task": task_cpus,
         "cache": cache_at,
         "limit": args.limit or None,
+        # What the driver holds in memory because of the input's size (bench-scale checks it).
+        "driver": {
+            "listed_files": len(listed),
+            "listing_bytes": sum(len(uri.encode()) for uri in listed),
+            "unread_files": len(unread),
+        },
         "seconds": round(time.time() - started, 3),
         "versions": versions(spark),
     }

@@ -74,3 +74,47 @@ def shared_sample() -> Path:
     if not SHARED_SAMPLE.is_dir():
         pytest.skip(f"real Fruits-360 sample not present at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+@pytest.fixture
+def aws_calls(monkeypatch):
+    """Every AWS call the code under test makes (sync and async clients), as tests.iam.Call.
+
+    Returns (calls, ignored): clients listed in `ignored` (the test's own) are not recorded.
+    """
+    import aiobotocore.client
+    import botocore.client
+
+    from tests.iam import Call
+
+    calls: list[Call] = []
+    ignored: list = []
+    sync_call = botocore.client.BaseClient._make_api_call
+    async_call = aiobotocore.client.AioBaseClient._make_api_call
+
+    def record(client, operation, params, response):
+        if not any(client is c for c in ignored):
+            meta = client.meta
+            calls.append(Call(meta.service_model.service_name, operation, params, response, meta.region_name))
+
+    def sync_recording(self, operation, params):
+        try:
+            response = sync_call(self, operation, params)
+        except Exception:
+            record(self, operation, params, {})
+            raise
+        record(self, operation, params, response)
+        return response
+
+    async def async_recording(self, operation, params):
+        try:
+            response = await async_call(self, operation, params)
+        except Exception:
+            record(self, operation, params, {})
+            raise
+        record(self, operation, params, response)
+        return response
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", sync_recording)
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", async_recording)
+    return calls, ignored

@@ -1,17 +1,23 @@
 """The emr target end to end against moto's threaded server, with the provider's real operators.
 
 moto accepts EMR calls but never runs steps. `EmrStandIn` plays the cluster: it takes each step
-exactly as submitted (staged script, --py-files zip, arguments), runs it with local spark-submit
-on a mirror of the bucket, writes the outputs back to S3 and marks the step COMPLETED; or marks
-it FAILED with a stderr log where the real EMR would put one.
+exactly as submitted (staged script, --py-files zip, arguments) and spark-submits it in client
+mode to a Spark standalone cluster the test starts (a master and two one-core workers, separate
+processes), on a mirror of the bucket; it writes the outputs back to S3 and marks the step
+COMPLETED; or marks it FAILED with a stderr log where the real EMR would put one. The workers'
+Python cannot import orchard_jobs from the editable install, and records where each executor
+imported it from: the test checks that it was the shipped zip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,8 +32,10 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
 from moto.server import ThreadedMotoServer
 
+from orchard import artifacts
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
+from tests import iam
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
 
@@ -37,27 +45,19 @@ REGION = "eu-west-1"
 BUCKET = "orchard-test-lake"
 LAKE = f"s3://{BUCKET}/lake"
 STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
-POLICY = ROOT / "plugins" / "orchard" / "aws" / "airflow-iam-policy.json"
-# IAM actions an operation needs, where it is not simply "<service>:<operation>".
-S3_ACTIONS = {
-    "HeadBucket": {"s3:ListBucket"},
-    "ListObjectsV2": {"s3:ListBucket"},
-    "HeadObject": {"s3:GetObject"},
-    "CreateMultipartUpload": {"s3:PutObject"},
-    "UploadPart": {"s3:PutObject"},
-    "UploadPartCopy": {"s3:PutObject", "s3:GetObject"},
-    "CompleteMultipartUpload": {"s3:PutObject"},
-}
-IAM_PREFIX = {"emr": "elasticmapreduce"}
-# In the policy although no moto run calls them: what real AWS checks and moto does not, and
-# the clean-up of a failed CSV merge.
+WHEELHOUSE_KEY = (
+    f"lake/artifacts/wheelhouse/{artifacts.requirements_hash(ROOT / 'bootstrap' / 'requirements.txt')}"
+    f"/{artifacts.WHEELHOUSE}"
+)
+# Grants of the policy that no moto run exercises, and why they are there.
 NOT_EXERCISED = {
-    "iam:PassRole": "RunJobFlow passes the service role and instance profile",
-    "elasticmapreduce:AddTags": "RunJobFlow with Tags",
-    "kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
-    "kms:Decrypt": "reads and multipart uploads with SSE-KMS",
-    "s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
-    "s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
+    "ReadWriteTheLake:s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
+    "ReadWriteTheLake:s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
+    "PreflightReleaseAndInstanceTypes:ec2:DescribeSubnets": "preflight with ORCHARD_EMR_SUBNET_ID set",
+    "UseTheLakeKeyOnlyWithSseKms:kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
+    "UseTheLakeKeyOnlyWithSseKms:kms:Decrypt": "reads and multipart uploads with SSE-KMS",
+    "UseTheLakeKeyOnlyWithSseKms:kms:DescribeKey": "preflight with ORCHARD_KMS_KEY_ID set",
+    "UseTheLakeKeyOnlyWithSseKms:kms:GetKeyPolicy": "preflight with ORCHARD_KMS_KEY_ID set",
 }
 
 
@@ -104,52 +104,38 @@ def moto_server(monkeypatch):
     requests.post(f"{url}/moto-api/reset", timeout=10)  # backends are process-wide: start empty
     s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
+    # The stand-in never runs the bootstrap (tests/test_bootstrap.py does, with the real wheelhouse):
+    # a wheelhouse already staged for these requirements is reused, as on every run after the first.
+    s3.put_object(Bucket=BUCKET, Key=WHEELHOUSE_KEY, Body=b"", ServerSideEncryption="AES256")
     yield s3
     requests.post(f"{url}/moto-api/reset", timeout=10)
     server.stop()
 
 
-@pytest.fixture
-def api_calls(monkeypatch):
-    """(service, operation) of every AWS call the pipeline makes (sync and async clients)."""
-    import aiobotocore.client
-    import botocore.client
-
-    calls: set[tuple[str, str]] = set()
-    ignored: list = []  # clients of the test itself
-    sync_call = botocore.client.BaseClient._make_api_call
-    async_call = aiobotocore.client.AioBaseClient._make_api_call
-
-    def record(client, operation):
-        if not any(client is c for c in ignored):
-            calls.add((client.meta.service_model.service_name, operation))
-
-    def sync_recording(self, operation, params):
-        record(self, operation)
-        return sync_call(self, operation, params)
-
-    async def async_recording(self, operation, params):
-        record(self, operation)
-        return await async_call(self, operation, params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", sync_recording)
-    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", async_recording)
-    return calls, ignored
+def create_default_roles(iam) -> None:
+    """What `aws emr create-default-roles` creates: the service role and the instance profile."""
+    for role in ("EMR_DefaultRole", "EMR_EC2_DefaultRole"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    iam.add_role_to_instance_profile(
+        InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole"
+    )
 
 
-def iam_actions(calls: set[tuple[str, str]]) -> set[str]:
-    actions = set()
-    for service, operation in calls:
-        if service == "s3":
-            actions |= S3_ACTIONS.get(operation, {f"s3:{operation}"})
-        else:
-            actions.add(f"{ {'emr': 'elasticmapreduce'}.get(service, service) }:{operation}")
-    return actions
-
-
-def policy_actions() -> set[str]:
-    statements = json.loads(POLICY.read_text())["Statement"]
-    return {action for st in statements if st["Effect"] == "Allow" for action in st["Action"]}
+def check_policy(calls) -> list:
+    """Every recorded call is allowed by the shipped policy, resource and conditions included."""
+    requests_made = iam.requests_for(calls)
+    assert requests_made, "no AWS call was recorded"
+    refused = iam.refused(iam.airflow_policy(BUCKET, "lake"), requests_made)
+    assert refused == [], "\n".join(refused)
+    return requests_made
 
 
 def clusters() -> dict:
@@ -159,12 +145,104 @@ def clusters() -> dict:
     }
 
 
+# Loaded by the workers' Python (PYTHONPATH): drops the editable install's import hook, so the
+# executors can import orchard_jobs only from what spark-submit shipped (--py-files), and records
+# where each import came from.
+SITECUSTOMIZE = """
+import os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                    and "__editable__" not in getattr(type(f), "__module__", "")]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p) not in {repo_dirs!r}]
+
+class _Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "orchard_jobs":
+            return None
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, path)
+        with open(os.path.join(os.environ["ORCHARD_IMPORT_LOG"], str(os.getpid())), "a") as log:
+            log.write(f"{{spec.origin if spec else None}}\\n")
+        return spec
+
+sys.meta_path.insert(0, _Recorder())
+"""
+# Sizing for the test's workers (1 core, 1 GiB each) in place of the m5.xlarge sizing of the steps.
+STANDIN_SIZING = {
+    "spark.executor.cores": "1",
+    "spark.executor.memory": "512m",
+    "spark.executor.memoryOverhead": "384m",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def spark_standalone(tmp_path):
+    """A Spark standalone master and two one-core workers (pyspark's own spark-class), stopped after."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = home / "bin" / "spark-class"
+    if not spark_class.exists():
+        pytest.skip(f"{spark_class} not found")
+    site = tmp_path / "worker-site"
+    site.mkdir()
+    repo_dirs = {str(ROOT), str(ROOT / "spark_jobs"), str(ROOT / "plugins")}
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(repo_dirs=repo_dirs))
+    imports = tmp_path / "executor-imports"
+    imports.mkdir()
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base |= {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+    procs, logs = [], []
+
+    def start(name, args, env):
+        log = tmp_path / f"{name}.log"
+        logs.append(log)
+        with log.open("w") as out:
+            procs.append(
+                subprocess.Popen([str(spark_class), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+            )  # fmt: skip
+
+    try:
+        start("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                         "--webui-port", str(free_port())], base)  # fmt: skip
+        workers = {**base, "PYTHONPATH": str(site), "ORCHARD_IMPORT_LOG": str(imports)}
+        for i in (1, 2):
+            start(f"worker{i}", ["org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+                                 "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+                                 "--work-dir", str(tmp_path / f"work{i}")], workers)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while not all("Successfully registered with master" in (tmp_path / f"worker{i}.log").read_text()
+                      for i in (1, 2)):  # fmt: skip
+            assert time.monotonic() < deadline, "workers did not register:\n" + logs[-1].read_text()[-2000:]
+            assert all(p.poll() is None for p in procs), "a Spark daemon exited"
+            time.sleep(0.5)
+        yield {"master": master_url, "imports": imports, "pids": [p.pid for p in procs]}
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
 class EmrStandIn(threading.Thread):
     """Runs (or fails) the steps moto receives; see the module docstring."""
 
-    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = ()):
+    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = (), master: str = "local[2]"):
         super().__init__(daemon=True)
-        self.s3, self.workdir, self.fail = s3, workdir, fail
+        self.s3, self.workdir, self.fail, self.master = s3, workdir, fail, master
         self.done = threading.Event()
         self.handled: set[str] = set()
         self.errors: list[str] = []
@@ -202,17 +280,14 @@ class EmrStandIn(threading.Thread):
 
         args = list(step.args)
         assert args[:4] == ["spark-submit", "--deploy-mode", "client", "--py-files"], args
-        command = [
-            "spark-submit",
-            "--master",
-            "local[2]",
-            "--py-files",
-            local(args[4]).removeprefix("file://"),
-        ]
+        command = ["spark-submit", "--master", self.master, "--deploy-mode", "client"]
+        command += ["--py-files", local(args[4]).removeprefix("file://")]
         rest = args[5:]
         while rest[0] == "--conf":
             command += ["--conf", rest[1].replace(NODE_PYTHON, sys.executable)]
             rest = rest[2:]
+        for key, value in STANDIN_SIZING.items():  # later --conf wins
+            command += ["--conf", f"{key}={value}"]
         command += [local(rest[0]).removeprefix("file://"), *[local(a) for a in rest[1:]]]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the zip must carry the modules
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -229,6 +304,9 @@ class EmrStandIn(threading.Thread):
                 target = mirror / obj["Key"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.s3.download_file(BUCKET, obj["Key"], str(target))
+                if target.name == "inference_model.json":  # it names the ONNX model by its S3 URI
+                    text = target.read_text(encoding="utf-8")
+                    target.write_text(text.replace(f"s3://{BUCKET}/", f"file://{mirror}/"), encoding="utf-8")
 
     def sync_up(self, mirror: Path):
         """What the step wrote, encrypted as S3's default bucket encryption (SSE-S3) would."""
@@ -236,6 +314,16 @@ class EmrStandIn(threading.Thread):
             key = path.relative_to(mirror).as_posix()
             if path.is_file() and key not in self.present:
                 self.s3.upload_file(str(path), BUCKET, key, ExtraArgs={"ServerSideEncryption": "AES256"})
+
+
+def check_model_document(s3, featurize_args: list[str]) -> None:
+    """The weights were converted to ONNX on the Airflow side; the step gets the run's model document."""
+    model_arg = featurize_args[featurize_args.index("--model") + 1]
+    assert model_arg.startswith(f"{LAKE}/runs/") and model_arg.endswith("/inference_model.json")
+    key = model_arg.removeprefix(f"s3://{BUCKET}/")
+    model_doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert model_doc["model"].startswith(f"{LAKE}/cache/models/") and model_doc["model"].endswith(".onnx")
+    assert model_doc["converted"]
 
 
 def load_dag():
@@ -247,10 +335,10 @@ def load_dag():
 
 
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, tmp_path, api_calls, capfd, caplog
+    airflow_db, moto_server, spark_standalone, tmp_path, aws_calls, capfd, caplog
 ):
     s3 = moto_server
-    calls, ignored = api_calls
+    calls, ignored = aws_calls
     ignored.append(s3)
     source = tmp_path / "images"
     generate(source, per_class=4, seed=8)
@@ -262,7 +350,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     model.set_weights(random_weights(9))
     model.save_weights(weights_file)
 
-    stand_in = EmrStandIn(s3, tmp_path)
+    stand_in = EmrStandIn(s3, tmp_path, master=spark_standalone["master"])
     ignored.append(stand_in.s3)
     stand_in.start()
     try:
@@ -273,15 +361,17 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
         stand_in.done.set()
     assert stand_in.errors == []
     assert run.state == "success"
+    check_executor_imports(spark_standalone["imports"])
 
     (cluster,) = clusters().values()
     assert cluster.state == "TERMINATED"
     assert cluster.release_label == "emr-7.14.0"
     assert [s.name for s in cluster.steps] == ["orchard-featurize", "orchard-pca"]
     featurize_args = cluster.steps[0].args
-    weights_arg = featurize_args[featurize_args.index("--weights") + 1]
-    assert weights_arg.startswith(f"{LAKE}/artifacts/weights/") and weights_arg.endswith(".weights.h5")
+    check_model_document(s3, featurize_args)
     assert featurize_args[featurize_args.index("--py-files") + 1].endswith("/orchard_jobs.zip")
+    (bootstrap,) = cluster.bootstrap_actions
+    assert bootstrap.args[-1] == f"s3://{BUCKET}/{WHEELHOUSE_KEY}"  # the nodes install from the lake
 
     latest = json.loads(s3.get_object(Bucket=BUCKET, Key="lake/latest.json")["Body"].read())
     manifest = json.loads(
@@ -289,8 +379,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     )
     assert manifest["counts"]["featurized"] == 24
     assert manifest["counts"]["quarantined"] == 1
-    # The stand-in ran the step on a local mirror of the bucket: same key, local prefix.
-    assert manifest["weights"]["used"].endswith(weights_arg.removeprefix(f"s3://{BUCKET}/"))
+    assert manifest["weights"]["used"] == str(weights_file)
     assert manifest["weights"]["meaningful"]
     csv_key = latest["csv"].removeprefix(f"s3://{BUCKET}/")
     head = s3.head_object(Bucket=BUCKET, Key=csv_key)
@@ -299,10 +388,10 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert list(table.columns) == ["path", "label", "pc_1", "pc_2", "pc_3"]
     assert len(table) == 24
 
-    # The least-privilege policy names what the run called, and nothing else but the documented rest.
-    used = iam_actions(calls)
-    assert used <= policy_actions(), used - policy_actions()
-    assert policy_actions() - used == set(NOT_EXERCISED)
+    # Every call is allowed by the policy (resource and conditions too), and the policy grants
+    # nothing that no call needs but the documented rest.
+    requests_made = check_policy(calls)
+    assert iam.unused_grants(iam.airflow_policy(BUCKET, "lake"), requests_made) == set(NOT_EXERCISED)
 
     # Uploaded images are encrypted and a re-run would skip them.
     image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]
@@ -310,6 +399,15 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
     check_report_and_logs(s3, manifest, capfd, caplog)
+
+
+def check_executor_imports(imports: Path) -> None:
+    """Python workers of the executors (separate processes) imported orchard_jobs, only from the zip."""
+    logs = list(imports.iterdir())
+    origins = [line for log in logs for line in log.read_text().splitlines()]
+    assert len(logs) >= 2, origins
+    assert origins, "no executor imported orchard_jobs"
+    assert all("orchard_jobs.zip" in origin for origin in origins), origins
 
 
 def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
@@ -322,9 +420,9 @@ def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
 
 
 def test_failed_featurize_step_fails_the_run_and_still_terminates(
-    airflow_db, moto_server, tmp_path, capfd, caplog, api_calls
+    airflow_db, moto_server, tmp_path, capfd, caplog, aws_calls
 ):
-    calls, ignored = api_calls
+    calls, ignored = aws_calls
     ignored.append(moto_server)
     source = tmp_path / "images"
     generate(source, per_class=2, seed=1)
@@ -345,5 +443,5 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     assert cluster.state == "TERMINATED"
     output = capfd.readouterr()
     assert STDERR_TAIL in output.out + output.err
-    assert iam_actions(calls) <= policy_actions()
+    check_policy(calls)
     assert_no_secrets(output.out, output.err, caplog.text)

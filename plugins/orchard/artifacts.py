@@ -37,3 +37,66 @@ def content_hash(files: dict[str, Path]) -> str:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+# The cluster nodes: EMR 7.x runs Amazon Linux 2023 (glibc 2.34) on x86_64 with CPython 3.11
+# (emr.NODE_PYTHON). pip download does not widen a manylinux tag to older glibc versions, so every
+# tag such a node accepts is listed.
+NODE_PLATFORM = "manylinux_2_34_x86_64"
+NODE_PLATFORMS = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(34, 16, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+)
+NODE_PYTHON_VERSION = "311"
+WHEELHOUSE = "wheelhouse.tar"
+
+
+def requirements_hash(requirements: Path) -> str:
+    """A short hash of the node requirements and the platform: one wheelhouse per hash."""
+    digest = hashlib.sha256(f"{NODE_PLATFORM} cp{NODE_PYTHON_VERSION}\0".encode() + requirements.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_wheelhouse(requirements: Path, cache_dir: Path) -> Path:
+    """A tar of every wheel the nodes need (dependencies included), built once per requirements hash.
+
+    `pip download --only-binary=:all:` for the nodes' platform, so the bootstrap installs with
+    --no-index and the nodes never reach PyPI. The tar is deterministic (sorted, fixed times).
+    """
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    target = cache_dir / requirements_hash(requirements) / WHEELHOUSE
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        wheels = Path(work) / "wheels"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+             "--only-binary=:all:", *(f"--platform={tag}" for tag in NODE_PLATFORMS),
+             "--implementation", "cp",
+             "--python-version", NODE_PYTHON_VERSION, "--abi", f"cp{NODE_PYTHON_VERSION}",
+             "--requirement", str(requirements), "--dest", str(wheels)],
+            check=True,
+        )  # fmt: skip
+        partial = Path(work) / WHEELHOUSE
+        with tarfile.open(partial, "w") as archive:
+            for path in sorted(wheels.iterdir()):
+                info = archive.gettarinfo(str(path), arcname=path.name)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                with path.open("rb") as handle:
+                    archive.addfile(info, handle)
+        partial.replace(target)  # whole or absent: a killed build leaves no half wheelhouse
+    return target
+
+
+def default_cache() -> Path:
+    """Where the Airflow worker keeps built wheelhouses ($XDG_CACHE_HOME/orchard, else ~/.cache/orchard)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchard" / "wheelhouse"

@@ -29,6 +29,7 @@ def job_flow_spec(
     dag_id: str,
     bootstrap_uri: str,
     requirements_uri: str,
+    wheelhouse_uri: str,
     instance_type: str,
     core_instances: int,
 ) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def job_flow_spec(
         "BootstrapActions": [
             {
                 "Name": "install-python-deps",
-                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [requirements_uri]},
+                # The nodes install from the staged wheelhouse: they need S3, not PyPI.
+                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [requirements_uri, wheelhouse_uri]},
             }
         ],
         "Configurations": [
@@ -162,11 +164,19 @@ def step_timeout(images: int, *, base_seconds: int, seconds_per_image: float) ->
     return int(base_seconds + math.ceil(max(images, 0) * seconds_per_image))
 
 
+def stderr_uri(log_uri: str, cluster_id: str, step_id: str) -> str:
+    """Where EMR puts a step's stderr under the cluster's log URI."""
+    return f"{log_uri.rstrip('/')}/{cluster_id}/steps/{step_id}/stderr.gz"
+
+
 def stderr_tail(s3_client: Any, log_uri: str, cluster_id: str, step_id: str, lines: int = 40,
                 attempts: int = 10, delay: float = 15.0) -> str | None:  # fmt: skip
-    """The last lines of a step's stderr from the cluster's log URI, waiting while EMR uploads it."""
-    bucket, _, prefix = log_uri.removeprefix("s3://").partition("/")
-    key = f"{prefix.rstrip('/')}/{cluster_id}/steps/{step_id}/stderr.gz".lstrip("/")
+    """The last lines of a step's stderr from the cluster's log URI, waiting while EMR uploads it.
+
+    None when it is not there yet: EMR uploads step logs to S3 about every five minutes ("Configure
+    Amazon EMR cluster logging and debugging", /emr/latest/ManagementGuide/emr-plan-debugging.html).
+    """
+    bucket, _, key = stderr_uri(log_uri, cluster_id, step_id).removeprefix("s3://").partition("/")
     for attempt in range(attempts):
         try:
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -177,6 +187,16 @@ def stderr_tail(s3_client: Any, log_uri: str, cluster_id: str, step_id: str, lin
         text = gzip.decompress(body).decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
     return None
+
+
+def missing_log_message(step_id: str, uri: str, log_file: str | None, waited: float) -> str:
+    """What to tell the user when the stderr tail is not in S3 yet: where it will be, and how to read it."""
+    where = f"{uri}" + (f" (EMR's FailureDetails.LogFile: {log_file})" if log_file else "")
+    return (
+        f"The stderr of step {step_id} is not in S3 yet after {waited:.0f} s: EMR uploads step logs "
+        f"about every five minutes. It will be at {where}; read it with "
+        f"`aws s3 cp {uri} - | gunzip | tail -n 40`."
+    )
 
 
 class ImageStepSensor(EmrStepSensor):
@@ -192,6 +212,7 @@ class ImageStepSensor(EmrStepSensor):
         base_seconds: int,
         seconds_per_image: float,
         log_wait_attempts: int = 10,
+        log_wait_delay: float = 15.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -200,6 +221,7 @@ class ImageStepSensor(EmrStepSensor):
         self.base_seconds = base_seconds
         self.seconds_per_image = seconds_per_image
         self.log_wait_attempts = log_wait_attempts
+        self.log_wait_delay = log_wait_delay
 
     def execute(self, context: Mapping[str, Any]) -> None:
         """Size the wait from the image count, then wait (deferred) for the step."""
@@ -236,10 +258,13 @@ class ImageStepSensor(EmrStepSensor):
             )  # fmt: skip
             s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
             tail = stderr_tail(
-                s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts
-            )
+                s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts,
+                delay=self.log_wait_delay,
+            )  # fmt: skip
             if tail is None:
-                self.log.error("No stderr of step %s under %s yet", self.step_id, self.log_uri)
+                uri = stderr_uri(self.log_uri, self.job_flow_id, self.step_id)
+                waited = max(self.log_wait_attempts - 1, 0) * self.log_wait_delay
+                self.log.error(missing_log_message(self.step_id, uri, details.get("LogFile"), waited))
             else:
                 self.log.error("Last lines of the step's stderr:\n%s", tail)
         except Exception as exc:  # diagnostics must not replace the real failure

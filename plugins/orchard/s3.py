@@ -50,17 +50,21 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key.rstrip("/")
 
 
-def check_bucket(client: Any, bucket: str) -> None:
-    """Fail with a clear message when the bucket is missing or not ours to use."""
+def check_bucket(client: Any, bucket: str, prefix: str = "") -> None:
+    """Fail with a clear message when the bucket is missing or not ours to use.
+
+    Lists the prefix (one key) rather than HeadBucket: HeadBucket is authorized as s3:ListBucket
+    with no s3:prefix, which a policy that scopes listing to the lake prefix denies.
+    """
     try:
-        client.head_bucket(Bucket=bucket)
+        client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
     except client.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in {"404", "NoSuchBucket", "NotFound"}:
             raise FileNotFoundError(f"S3 bucket {bucket!r} does not exist (create it first)") from exc
         if code in {"403", "AccessDenied", "Forbidden"}:
             raise PermissionError(
-                f"access to S3 bucket {bucket!r} is forbidden for these credentials"
+                f"listing s3://{bucket}/{prefix} is forbidden for these credentials"
             ) from exc
         raise
 
@@ -97,7 +101,7 @@ def sync_to_s3(
     listing, with every object encrypted (`encryption`) and its SHA-256 kept in its metadata.
     """
     bucket, prefix = split_uri(dest_uri)
-    check_bucket(client, bucket)
+    check_bucket(client, bucket, prefix)
     sizes = existing_sizes(client, bucket, prefix)
     transfer = TransferConfig(max_concurrency=4, multipart_threshold=64 * 1024 * 1024)
 

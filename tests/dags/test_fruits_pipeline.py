@@ -25,8 +25,9 @@ def dag():
 
 
 EMR_GRAPH = {
-    "stage_artifacts": [],
-    "upload_images": [],
+    "check_aws": [],
+    "stage_artifacts": ["check_aws"],
+    "upload_images": ["check_aws"],
     "convert_model": ["upload_images"],
     "create_cluster": ["convert_model", "stage_artifacts"],
     "add_featurize_step": ["create_cluster", "stage_artifacts", "upload_images"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ def spec(settings: Settings = SETTINGS, **overrides) -> dict:
         "dag_id": "fruits_pipeline",
         "bootstrap_uri": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
         "requirements_uri": "s3://orchard-lake/prod/artifacts/abc/requirements.txt",
+        "wheelhouse_uri": "s3://orchard-lake/prod/artifacts/wheelhouse/123/wheelhouse.tar",
         "instance_type": "m5.xlarge",
         "core_instances": 2,
     }
@@ -45,7 +47,10 @@ def test_spec_defaults():
             "Name": "install-python-deps",
             "ScriptBootstrapAction": {
                 "Path": "s3://orchard-lake/prod/artifacts/abc/install-python-deps.sh",
-                "Args": ["s3://orchard-lake/prod/artifacts/abc/requirements.txt"],
+                "Args": [
+                    "s3://orchard-lake/prod/artifacts/abc/requirements.txt",
+                    "s3://orchard-lake/prod/artifacts/wheelhouse/123/wheelhouse.tar",
+                ],
             },
         }
     ]
@@ -154,6 +159,8 @@ def test_bootstrap_script_passes_shellcheck():
 def test_bootstrap_requirements_use_the_project_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = dict(r.split("==", 1) for r in project)
+    locked = (ROOT / "constraints.txt").read_text().splitlines()
+    pins |= {n.lower().replace("_", "-"): v for n, _, v in (line.partition("==") for line in locked) if v}
     nodes = [
         line.split("==", 1)
         for line in (ROOT / "bootstrap" / "requirements.txt").read_text().splitlines()
@@ -164,5 +171,35 @@ def test_bootstrap_requirements_use_the_project_pins():
         assert "==" not in version and version, name
         if name in pins:
             assert pins[name] == version, name
-    assert {"tensorflow-cpu", "pillow", "pyarrow", "pandas", "numpy"} <= {n for n, _ in nodes}
+    assert {"onnxruntime", "pillow", "pyarrow", "pandas", "numpy"} <= {n for n, _ in nodes}
     assert "pyspark" not in {n for n, _ in nodes}  # EMR brings its own Spark
+    # The model arrives converted to ONNX: no node installs TensorFlow (nor Keras, nor tf2onnx).
+    assert not {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx"} & {n for n, _ in nodes}
+
+
+@mock_aws
+def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(capfd, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3.create_bucket(Bucket="orchard-lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = client.run_job_flow(**spec())["JobFlowId"]
+    step = emr.spark_step("orchard-pca", "s3://b/a/pca.py", [], py_files="s3://b/a/j.zip")
+    (step_id,) = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"]
+    sensor = emr.ImageStepSensor(
+        task_id="wait_pca", job_flow_id=cluster_id, step_id=step_id, images=1,
+        log_uri="s3://orchard-lake/prod/emr-logs/", base_seconds=60, seconds_per_image=0,
+        log_wait_attempts=2, log_wait_delay=0.01, aws_conn_id=None, region_name="eu-west-1",
+    )  # fmt: skip
+    sensor.log_failure()
+    logged = capfd.readouterr().out
+    where = f"s3://orchard-lake/prod/emr-logs/{cluster_id}/steps/{step_id}/stderr.gz"
+    assert f"It will be at {where}" in logged
+    assert "EMR uploads step logs about every five minutes" in logged
+    assert f"aws s3 cp {where} - | gunzip | tail -n 40" in logged
+
+    # Once EMR has uploaded it, the tail itself is printed.
+    s3.put_object(Bucket="orchard-lake", Key=where.removeprefix("s3://orchard-lake/"),
+                  Body=gzip.compress(b"INFO start\nValueError: the real reason\n"))  # fmt: skip
+    sensor.log_failure()
+    assert "ValueError: the real reason" in capfd.readouterr().out

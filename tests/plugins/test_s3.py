@@ -80,7 +80,7 @@ def test_missing_bucket_fails_clearly(client, source):
 def test_forbidden_bucket_fails_clearly(source):
     client = boto3.client("s3", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y")
     with Stubber(client) as stub:
-        stub.add_client_error("head_bucket", service_error_code="403", http_status_code=403)
+        stub.add_client_error("list_objects_v2", service_error_code="AccessDenied", http_status_code=403)
         with pytest.raises(PermissionError, match="forbidden"):
             sync_to_s3(source, f"s3://{BUCKET}/images", client, SSE_S3)
 

@@ -1,0 +1,197 @@
+"""The AWS preflight against moto: one passing set-up, then one test per problem it must name."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from orchard import preflight
+from orchard.config import Settings
+from tests import iam
+
+REGION = "eu-west-1"
+BUCKET = "orchard-lake"
+TF_PINS = "tensorflow-cpu==2.21.0\nnumpy==2.4.6\npandas==2.3.3\n"
+ORT_PINS = "onnxruntime==1.31.1\nnumpy==2.4.6\npandas==2.3.3\n"
+
+
+def settings(**env) -> Settings:
+    return Settings.from_env(
+        {"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": f"s3://{BUCKET}/prod", "ORCHARD_AWS_REGION": REGION, **env}
+    )
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """A moto account set up as the README says: encrypted bucket, default EMR roles."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+        s3.put_bucket_encryption(Bucket=BUCKET, ServerSideEncryptionConfiguration={"Rules": [rule]})
+        client = boto3.client("iam", region_name=REGION)
+        for role in ("EMR_DefaultRole", "EMR_EC2_DefaultRole"):
+            client.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+        client.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+        client.add_role_to_instance_profile(
+            InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole"
+        )
+        yield boto3.session.Session(region_name=REGION)
+
+
+def run(session, tmp_path, pins: str = TF_PINS, instance_type: str | None = None, **env) -> list:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(pins)
+    return preflight.run_checks(settings(**env), session.client, instance_type, requirements)
+
+
+def problems(checks) -> list[str]:
+    return [str(c) for c in preflight.problems(checks)]
+
+
+def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tmp_path, aws_calls):
+    calls, ignored = aws_calls
+    kms, ec2 = aws.client("kms"), aws.client("ec2")
+    ignored += [kms, ec2]
+    key = kms.create_key()["KeyMetadata"]
+    node_role = f"arn:aws:iam::{iam.ACCOUNT}:role/EMR_EC2_DefaultRole"
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"AWS": node_role},
+        "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
+    }
+    kms.put_key_policy(
+        KeyId=key["KeyId"], PolicyName="default", Policy=json.dumps({"Statement": [statement]})
+    )
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+
+    checks = run(aws, tmp_path, ORCHARD_KMS_KEY_ID=key["KeyId"], ORCHARD_EMR_SUBNET_ID=subnet)
+
+    assert problems(checks) == []
+    assert len(checks) == 9  # bucket, encryption, 2 roles, release, instance type, subnet, key, key use
+    requests_made = iam.requests_for(calls)
+    assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
+
+
+def test_missing_bucket(aws, tmp_path):
+    found = problems(run(aws, tmp_path, ORCHARD_LAKE="s3://no-such-lake/prod"))
+    assert found == [
+        "PROBLEM ORCHARD_LAKE=s3://no-such-lake/prod: "
+        "bucket 'no-such-lake' does not exist: create it (README step 1)"
+    ]
+
+
+def test_bucket_without_default_encryption(aws, tmp_path):
+    aws.client("s3").delete_bucket_encryption(Bucket=BUCKET)
+    (found,) = problems(run(aws, tmp_path))
+    assert found.startswith(
+        "PROBLEM ORCHARD_LAKE=s3://orchard-lake/prod encryption: bucket 'orchard-lake' has no default"
+    )
+
+
+def test_missing_roles_are_both_reported(aws, tmp_path):
+    found = problems(
+        run(aws, tmp_path, ORCHARD_EMR_SERVICE_ROLE="NoRole", ORCHARD_EMR_INSTANCE_PROFILE="NoProfile")
+    )
+    assert found == [
+        "PROBLEM ORCHARD_EMR_SERVICE_ROLE=NoRole: role does not exist: run `aws emr create-default-roles` "
+        "or set ORCHARD_EMR_SERVICE_ROLE to your role",
+        "PROBLEM ORCHARD_EMR_INSTANCE_PROFILE=NoProfile: instance profile does not exist: run "
+        "`aws emr create-default-roles` or set ORCHARD_EMR_INSTANCE_PROFILE to your profile",
+    ]
+
+
+def test_unknown_release(aws, tmp_path):
+    found = problems(run(aws, tmp_path, ORCHARD_EMR_RELEASE="emr-9.99.0"))
+    assert found[0].startswith(
+        "PROBLEM ORCHARD_EMR_RELEASE=emr-9.99.0: release not available in eu-west-1: use one of emr-7"
+    )
+    assert "not checked" in found[1]
+
+
+def test_unsupported_instance_type(aws, tmp_path):
+    (found,) = problems(run(aws, tmp_path, ORCHARD_EMR_INSTANCE_TYPE="m5.nonexistent"))
+    assert found.startswith("PROBLEM ORCHARD_EMR_INSTANCE_TYPE=m5.nonexistent: not supported by emr-7.14.0")
+
+
+def test_graviton_is_refused_while_tensorflow_is_pinned_and_accepted_with_onnxruntime(aws, tmp_path):
+    (found,) = problems(run(aws, tmp_path, TF_PINS, instance_type="m6g.xlarge"))
+    assert found == (
+        "PROBLEM ORCHARD_EMR_INSTANCE_TYPE=m6g.xlarge: aarch64 type, but bootstrap/requirements.txt pins "
+        "tensorflow-cpu (no aarch64 wheels): use a x86_64 type such as m5.xlarge"
+    )
+    assert problems(run(aws, tmp_path, ORT_PINS, instance_type="m6g.xlarge")) == []
+    assert problems(run(aws, tmp_path, TF_PINS, instance_type="m5.xlarge")) == []
+
+
+def test_the_shipped_requirements_decide_the_architectures():
+    pins = preflight.node_pins()
+    blocked = preflight.allowed_architectures(pins)
+    assert blocked["X86_64"] == set()  # the default m5.xlarge always fits
+    assert blocked["AARCH64"] == ({"tensorflow-cpu"} if "tensorflow-cpu" in pins else set())
+
+
+def test_missing_subnet(aws, tmp_path):
+    (found,) = problems(run(aws, tmp_path, ORCHARD_EMR_SUBNET_ID="subnet-0123456789abcdef0"))
+    assert found.startswith(
+        "PROBLEM ORCHARD_EMR_SUBNET_ID=subnet-0123456789abcdef0: subnet does not exist in eu-west-1"
+    )
+
+
+def test_missing_disabled_and_unusable_kms_keys(aws, tmp_path):
+    kms = aws.client("kms")
+    (found,) = problems(run(aws, tmp_path, ORCHARD_KMS_KEY_ID="0a1b2c3d-0000-4000-8000-000000000000"))
+    assert "key does not exist in eu-west-1" in found
+    disabled = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=disabled)
+    (found,) = problems(run(aws, tmp_path, ORCHARD_KMS_KEY_ID=disabled))
+    assert found.endswith("key is Disabled: enable it (aws kms enable-key)")
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    stranger = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::111122223333:role/x"},
+        "Action": "kms:*",
+    }
+    kms.put_key_policy(KeyId=other, PolicyName="default", Policy=json.dumps({"Statement": [stranger]}))
+    (found,) = problems(run(aws, tmp_path, ORCHARD_KMS_KEY_ID=other))
+    assert "key policy does not let arn:aws:iam::123456789012:role/EMR_EC2_DefaultRole use the key" in found
+
+
+def test_every_problem_is_reported_in_one_run(aws, tmp_path):
+    found = problems(
+        run(
+            aws,
+            tmp_path,
+            instance_type="m6g.xlarge",
+            ORCHARD_LAKE="s3://no-such-lake/prod",
+            ORCHARD_EMR_SERVICE_ROLE="NoRole",
+            ORCHARD_EMR_SUBNET_ID="subnet-0123456789abcdef0",
+            ORCHARD_KMS_KEY_ID="0a1b2c3d-0000-4000-8000-000000000000",
+        )
+    )
+    assert [f.split(":")[0] for f in found] == [
+        "PROBLEM ORCHARD_LAKE=s3",
+        "PROBLEM ORCHARD_EMR_SERVICE_ROLE=NoRole",
+        "PROBLEM ORCHARD_EMR_INSTANCE_TYPE=m6g.xlarge",
+        "PROBLEM ORCHARD_EMR_SUBNET_ID=subnet-0123456789abcdef0",
+        "PROBLEM ORCHARD_KMS_KEY_ID=0a1b2c3d-0000-4000-8000-000000000000",
+    ]
+
+
+def test_command_line_exits_non_zero_with_the_problems(aws, monkeypatch, capsys):
+    monkeypatch.setenv("ORCHARD_TARGET", "emr")
+    monkeypatch.setenv("ORCHARD_LAKE", "s3://no-such-lake/x")
+    monkeypatch.setenv("ORCHARD_AWS_REGION", REGION)
+    assert preflight.main([]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM ORCHARD_LAKE=s3://no-such-lake/x" in out
+    assert out.rstrip().endswith("problem(s)")
+    monkeypatch.setenv("ORCHARD_LAKE", f"s3://{BUCKET}/prod")
+    assert preflight.main(["--instance-type", "m5.xlarge"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("preflight passed: ready for ORCHARD_TARGET=emr")

@@ -1,0 +1,136 @@
+"""The shipped IAM and bucket policies, evaluated per request with conditions, and linted by parliament."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests import iam
+from tests.conftest import ROOT
+
+BUCKET, PREFIX = "orchard-lake", "prod"
+POLICY = iam.airflow_policy(BUCKET, PREFIX)
+BUCKET_POLICY = ROOT / "plugins" / "orchard" / "aws" / "lake-bucket-policy.json"
+CLUSTER = f"arn:aws:elasticmapreduce:eu-west-1:{iam.ACCOUNT}:cluster/j-1"
+
+
+def s3_call(operation, **params):
+    return iam.Call("s3", operation, params, {"UploadId": "u-1"}, "eu-west-1")
+
+
+def decisions(policy, *calls):
+    return [iam.decide(policy, r) for r in iam.requests_for(calls)]
+
+
+def test_evaluator_matches_wildcards_and_conditions():
+    allow = {"Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::b/p/*"}
+    assert iam.statement_matches(allow, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
+    assert iam.statement_matches(
+        allow, iam.Request("S3:getobject", "arn:aws:s3:::b/p/x")
+    )  # actions: any case
+    assert not iam.statement_matches(
+        allow, iam.Request("s3:GetObject", "arn:aws:s3:::b/P/x")
+    )  # ARNs: exact case
+    assert not iam.statement_matches(allow, iam.Request("s3:PutObject", "arn:aws:s3:::b/p/x"))
+    like = {**allow, "Condition": {"StringLike": {"s3:prefix": ["p", "p/*"]}}}
+    assert iam.statement_matches(
+        like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"s3:prefix": "p/a"})
+    )
+    assert not iam.statement_matches(
+        like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"s3:prefix": "q"})
+    )
+    # A key the request does not carry: positive operators are false, negated ones true.
+    assert not iam.statement_matches(like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
+    negated = {**allow, "Condition": {"StringNotEquals": {"k": "v"}}}
+    assert iam.statement_matches(negated, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
+    null = {**allow, "Condition": {"Null": {"k": "true"}}}
+    assert iam.statement_matches(null, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
+    assert not iam.statement_matches(null, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"k": "v"}))
+    deny = {"Version": "2012-10-17", "Statement": [allow, {**allow, "Effect": "Deny"}]}
+    assert iam.decide(deny, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x")) == "deny"
+
+
+def test_head_bucket_is_refused_by_the_least_privilege_listing_so_orchard_lists_the_prefix():
+    # HeadBucket is s3:ListBucket without s3:prefix (S3 API Reference, "HeadBucket",
+    # /AmazonS3/latest/API/API_HeadBucket.html): the prefix-scoped listing cannot allow it.
+    assert decisions(POLICY, s3_call("HeadBucket", Bucket=BUCKET)) == ["implicit deny"]
+    listing = s3_call("ListObjectsV2", Bucket=BUCKET, Prefix=f"{PREFIX}/", MaxKeys=1)
+    assert decisions(POLICY, listing) == ["allow"]
+    elsewhere = s3_call("ListObjectsV2", Bucket=BUCKET, Prefix="other/")
+    assert decisions(POLICY, elsewhere) == ["implicit deny"]
+
+
+def test_clusters_are_created_tagged_with_auto_termination_and_only_our_roles_are_passed():
+    spec = {
+        "Tags": [{"Key": "project", "Value": "orchard"}],
+        "AutoTerminationPolicy": {"IdleTimeout": 1800},
+        "ServiceRole": "EMR_DefaultRole",
+        "JobFlowRole": "EMR_EC2_DefaultRole",
+    }
+    run = iam.Call("emr", "RunJobFlow", spec, {"JobFlowId": "j-1"}, "eu-west-1")
+    made = iam.requests_for([run])
+    assert {r.action for r in made} == {
+        "elasticmapreduce:RunJobFlow",
+        "elasticmapreduce:AddTags",
+        "elasticmapreduce:PutAutoTerminationPolicy",
+        "iam:PassRole",
+    }
+    assert iam.refused(POLICY, made) == []
+    untagged = iam.Call("emr", "RunJobFlow", {**spec, "Tags": []}, {"JobFlowId": "j-2"}, "eu-west-1")
+    assert iam.refused(POLICY, iam.requests_for([untagged]))  # no project tag: no cluster
+    other_role = iam.Call("emr", "RunJobFlow", {**spec, "ServiceRole": "Admin"}, {}, "eu-west-1")
+    assert any("iam:PassRole" in r for r in iam.refused(POLICY, iam.requests_for([other_role])))
+    foreign = iam.Request("elasticmapreduce:TerminateJobFlows", CLUSTER, {"aws:ResourceTag/project": "x"})
+    assert iam.decide(POLICY, foreign) == "implicit deny"
+
+
+def readme_bucket_policies() -> list[dict]:
+    """Every bucket policy (a JSON block with a Principal) the README shows."""
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    return [json.loads(b) for b in blocks if '"Principal"' in b]
+
+
+MULTIPART = (
+    s3_call("CreateMultipartUpload", Bucket=BUCKET, Key=f"{PREFIX}/x.csv", ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=iam.KMS_KEY),
+    s3_call("UploadPart", Bucket=BUCKET, Key=f"{PREFIX}/x.csv", UploadId="u-1", PartNumber=1),
+    s3_call("UploadPartCopy", Bucket=BUCKET, Key=f"{PREFIX}/x.csv", UploadId="u-1", PartNumber=2,
+            CopySource={"Bucket": BUCKET, "Key": f"{PREFIX}/part-0"}),
+    s3_call("CompleteMultipartUpload", Bucket=BUCKET, Key=f"{PREFIX}/x.csv", UploadId="u-1"),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET}), *readme_bucket_policies()],
+    ids=lambda p: p["Statement"][0].get("Sid", "?"),
+)
+def test_recommended_bucket_policies_let_multipart_uploads_through(policy):
+    # UploadPart/UploadPartCopy cannot carry x-amz-server-side-encryption, so a Deny on its absence
+    # refuses every multipart upload (the CSV merge, EMRFS's large writes).
+    policy = json.loads(json.dumps(policy).replace("LAKE_BUCKET", BUCKET))
+    assert iam.refused(policy, iam.requests_for(MULTIPART), resource_policy=True) == []
+
+
+def test_the_sse_kms_bucket_policy_refuses_writes_that_ask_for_another_encryption():
+    policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    sse_s3 = s3_call("PutObject", Bucket=BUCKET, Key="a", ServerSideEncryption="AES256")
+    kms = s3_call("PutObject", Bucket=BUCKET, Key="a", ServerSideEncryption="aws:kms", SSEKMSKeyId="k")
+    default = s3_call("PutObject", Bucket=BUCKET, Key="a")  # the bucket's default encryption applies
+    assert iam.requests_for([sse_s3])[0].context["s3:x-amz-server-side-encryption"] == "AES256"
+    assert [iam.decide(policy, iam.requests_for([c])[0]) for c in (sse_s3, kms, default)] == [
+        "deny",
+        "implicit deny",
+        "implicit deny",
+    ]
+
+
+def test_parliament_finds_nothing_in_the_shipped_policies():
+    from parliament import analyze_policy_string
+
+    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    for name, policy in (("airflow-iam-policy.json", POLICY), ("lake-bucket-policy.json", bucket_policy)):
+        findings = analyze_policy_string(json.dumps(policy), include_community_auditors=False).findings
+        assert [(f.issue, f.detail, f.location) for f in findings] == [], name
