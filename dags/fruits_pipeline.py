@@ -275,7 +275,7 @@ with DAG(
                 files = artifacts.collect(Path(JOBS), Path(JOBS).parent / "bootstrap", Path(workdir))
                 prefix = f"{settings.lake}/artifacts/{artifacts.content_hash(files)}"
                 staged = upload_files(client, files, prefix, settings.encryption)
-            wheelhouse = stage_wheelhouse(client, files["requirements.txt"])
+            wheelhouse = stage_wheelhouse(client, files["requirements.txt"], params["instance_type"])
             job_flow = emr.job_flow_spec(
                 settings,
                 run_id=context["run_id"],
@@ -356,16 +356,25 @@ with DAG(
         export >> report(upload)
 
 
-def stage_wheelhouse(client, requirements) -> str:
-    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash."""
+def stage_wheelhouse(client, requirements, instance_type: str) -> str:
+    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash.
+
+    Built for the instance type's architecture (x86_64, or aarch64 on Graviton types).
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
     from orchard import artifacts
+    from orchard.preflight import supported_instance_types
     from orchard.s3 import existing_sizes, split_uri, upload_files
 
-    prefix = f"{settings.lake}/artifacts/wheelhouse/{artifacts.requirements_hash(requirements)}"
+    types = supported_instance_types(AwsBaseHook(client_type="emr", **AWS).conn, settings.emr_release)
+    architecture = types.get(instance_type, {}).get("Architecture", "X86_64")
+    digest = artifacts.requirements_hash(requirements, architecture)
+    prefix = f"{settings.lake}/artifacts/wheelhouse/{digest}"
     uri = f"{prefix}/{artifacts.WHEELHOUSE}"
     if artifacts.WHEELHOUSE in existing_sizes(client, *split_uri(prefix)):
         return uri
-    tar = artifacts.build_wheelhouse(requirements, artifacts.default_cache())
+    tar = artifacts.build_wheelhouse(requirements, artifacts.default_cache(), architecture)
     return upload_files(client, {artifacts.WHEELHOUSE: tar}, prefix, settings.encryption)[
         artifacts.WHEELHOUSE
     ]

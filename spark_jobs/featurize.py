@@ -44,14 +44,16 @@ def main(argv: list[str]) -> None:
     """Run the featurize step in its own Spark application."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.time()
     spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
-    run(spark, args)
+    run(spark, args, session_seconds=time.time() - started)
     spark.stop()
 
 
-def run(spark: SparkSession, args: argparse.Namespace) -> dict:
+def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | None = None) -> dict:
     """The featurize step on a running Spark session; returns the summary it wrote."""
     started = time.time()
+    phases = {"session": session_seconds}
     model_doc = lake.read_json(spark, args.model)
     model = lake.read_bytes(spark, model_doc["model"])
     digest = engine.model_digest(model)
@@ -60,7 +62,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             f"{model_doc['model']}: SHA-256 {digest} differs from {model_doc['sha256']} in {args.model}"
         )
     broadcast = spark.sparkContext.broadcast(model)
+    phases["model"] = time.time() - started
     files, listed = features.read_images(spark, args.images, args.limit or None)
+    phases["listing"] = time.time() - started - phases["model"]
     cache_at = features.cache_uri(args.cache, digest) if args.cache else None
     cache = features.read_cache(spark, cache_at) if cache_at else None
     todo, known, pending = features.split_by_cache(files, cache)
@@ -76,8 +80,11 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
         logging.getLogger("featurize").info(
             "%d of %d files to featurize; the others' contents are in the cache", pending, len(listed)
         )
+    job_started = time.time()
+    phases["cache_lookup"] = job_started - started - phases["model"] - phases["listing"]
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
         counts = features.count_outcomes(results)
+    phases["featurize"] = time.time() - job_started
     unread = []
     if counts["inputs"] < len(listed):
         unread = features.unread_files(spark, results, listed, args.images)
@@ -87,6 +94,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     if cache_at:  # new files of the cache, written once this run's outputs are complete
         features.new_cache_rows(results).write.mode("append").parquet(cache_at)
     results.unpersist()
+    phases["write"] = time.time() - job_started - phases["featurize"]
 
     summary = {
         "step": "featurize",
@@ -106,6 +114,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
             "unread_files": len(unread),
         },
         "seconds": round(time.time() - started, 3),
+        # Where the step's time went: Spark session start, reading the model, listing the images,
+        # the cache lookup, the featurize job (Python workers, model, inference), the writes.
+        "phases_seconds": {key: None if value is None else round(value, 3) for key, value in phases.items()},
         "versions": versions(spark),
     }
     lake.write_json(spark, args.summary, summary)

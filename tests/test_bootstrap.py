@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import venv
 
@@ -107,3 +108,15 @@ def test_wheelhouse_key_follows_the_requirements(tmp_path):
     assert artifacts.requirements_hash(a) != artifacts.requirements_hash(b)
     assert artifacts.requirements_hash(a) == artifacts.requirements_hash(a)
     assert sys.version_info[:2] == (3, 11)  # the wheelhouse is cp311 like the nodes (emr.NODE_PYTHON)
+
+
+def test_graviton_nodes_get_a_wheelhouse_of_their_own(tmp_path):
+    # No TensorFlow on the nodes: every pinned package has aarch64 wheels, so Graviton types work.
+    arm = artifacts.build_wheelhouse(REQUIREMENTS, tmp_path, "AARCH64")
+    x86 = artifacts.requirements_hash(REQUIREMENTS, "X86_64")
+    assert artifacts.requirements_hash(REQUIREMENTS, "AARCH64") != x86
+    with tarfile.open(arm) as archive:
+        wheels = archive.getnames()
+    onnxruntime = [w for w in wheels if w.startswith("onnxruntime-")]
+    assert onnxruntime and all("aarch64" in w for w in onnxruntime), onnxruntime
+    assert not [w for w in wheels if "x86_64" in w]

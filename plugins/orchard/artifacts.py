@@ -39,27 +39,31 @@ def content_hash(files: dict[str, Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-# The cluster nodes: EMR 7.x runs Amazon Linux 2023 (glibc 2.34) on x86_64 with CPython 3.11
-# (emr.NODE_PYTHON). pip download does not widen a manylinux tag to older glibc versions, so every
-# tag such a node accepts is listed.
-NODE_PLATFORM = "manylinux_2_34_x86_64"
-NODE_PLATFORMS = (
-    *(f"manylinux_2_{minor}_x86_64" for minor in range(34, 16, -1)),
-    "manylinux2014_x86_64",
-    "manylinux2010_x86_64",
-    "manylinux1_x86_64",
-)
+# The cluster nodes: EMR 7.x runs Amazon Linux 2023 (glibc 2.34) with CPython 3.11 (emr.NODE_PYTHON),
+# on x86_64 or, on Graviton instance types, aarch64. pip download does not widen a manylinux tag to
+# older glibc versions, so every tag such a node accepts is listed.
 NODE_PYTHON_VERSION = "311"
 WHEELHOUSE = "wheelhouse.tar"
+MACHINES = {"X86_64": "x86_64", "AARCH64": "aarch64"}
 
 
-def requirements_hash(requirements: Path) -> str:
+def node_platforms(architecture: str = "X86_64") -> tuple[str, ...]:
+    """The wheel platform tags a node of this EC2 architecture (X86_64, AARCH64) installs."""
+    machine = MACHINES[architecture.upper()]
+    legacy = ("manylinux2014", "manylinux2010", "manylinux1") if machine == "x86_64" else ("manylinux2014",)
+    return (
+        *(f"manylinux_2_{minor}_{machine}" for minor in range(34, 16, -1)),
+        *(f"{t}_{machine}" for t in legacy),
+    )
+
+
+def requirements_hash(requirements: Path, architecture: str = "X86_64") -> str:
     """A short hash of the node requirements and the platform: one wheelhouse per hash."""
-    digest = hashlib.sha256(f"{NODE_PLATFORM} cp{NODE_PYTHON_VERSION}\0".encode() + requirements.read_bytes())
-    return digest.hexdigest()[:16]
+    platform = f"{node_platforms(architecture)[0]} cp{NODE_PYTHON_VERSION}\0"
+    return hashlib.sha256(platform.encode() + requirements.read_bytes()).hexdigest()[:16]
 
 
-def build_wheelhouse(requirements: Path, cache_dir: Path) -> Path:
+def build_wheelhouse(requirements: Path, cache_dir: Path, architecture: str = "X86_64") -> Path:
     """A tar of every wheel the nodes need (dependencies included), built once per requirements hash.
 
     `pip download --only-binary=:all:` for the nodes' platform, so the bootstrap installs with
@@ -70,7 +74,7 @@ def build_wheelhouse(requirements: Path, cache_dir: Path) -> Path:
     import tarfile
     import tempfile
 
-    target = cache_dir / requirements_hash(requirements) / WHEELHOUSE
+    target = cache_dir / requirements_hash(requirements, architecture) / WHEELHOUSE
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,7 @@ def build_wheelhouse(requirements: Path, cache_dir: Path) -> Path:
         wheels = Path(work) / "wheels"
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-             "--only-binary=:all:", *(f"--platform={tag}" for tag in NODE_PLATFORMS),
+             "--only-binary=:all:", *(f"--platform={tag}" for tag in node_platforms(architecture)),
              "--implementation", "cp",
              "--python-version", NODE_PYTHON_VERSION, "--abi", f"cp{NODE_PYTHON_VERSION}",
              "--requirement", str(requirements), "--dest", str(wheels)],

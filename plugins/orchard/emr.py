@@ -111,18 +111,26 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
     return props
 
 
-# Executor sizing, from what bench/ measured (BENCHMARKS.md): one Python worker per task slot with
-# ONE TensorFlow thread each beats workers that each use every core (R1 0.92-1.07 vs 0.85-0.94: a
-# worker's JPEG decoding overlaps the others' inference, and nothing is oversubscribed). Each
-# worker holds its own model and batch: ~2 GiB peak at 64 images per Arrow batch (R8). So an
-# executor of 4 slots (an m5.xlarge: 4 vCPU, 12 GiB for YARN) needs ~8 GiB outside the JVM, while
-# the JVM only reads files and passes Arrow batches: 2g heap + 8g overhead, one 10 GiB executor.
+# Executor sizing, from what bench/ measured (BENCHMARKS.md). One Python worker per task slot with
+# ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
+# oversubscribed. A worker holds an ONNX Runtime session and a 16-image activation arena: its peak
+# was WORKER_PEAK_GIB at up to 8,000 images (R8; the TensorFlow workers before peaked at ~2 GiB).
+# The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB for the JVM's
+# own off-heap use (Netty, Arrow buffers, thread stacks). The container must fit YARN's memory on
+# the default m5.xlarge, 12,288 MB (EMR Release Guide, "Task configuration",
+# /emr/latest/ReleaseGuide/emr-hadoop-task-config.html), beside the client-mode application master
+# (spark.yarn.am.memory 512m + 384m overhead): tests/plugins/test_emr.py checks the sum.
+EXECUTOR_SLOTS = 4  # an m5.xlarge: 4 vCPU
+WORKER_PEAK_GIB = 0.5
+JVM_OFF_HEAP_GIB = 1.0
+EXECUTOR_HEAP_GIB = 4  # reads files, moves Arrow batches, keeps the step's results (~5 KB per image)
+EXECUTOR_OVERHEAD_GIB = math.ceil(EXECUTOR_SLOTS * WORKER_PEAK_GIB * 1.5 + JVM_OFF_HEAP_GIB)
 EXECUTOR_SIZING = {
-    "spark.executor.cores": "4",
-    "spark.task.cpus": "1",  # featurize.py gives TensorFlow spark.task.cpus threads per worker
-    "spark.executor.memory": "2g",
-    "spark.executor.memoryOverhead": "8g",
-    "spark.python.worker.reuse": "true",  # a worker keeps its model across tasks (R2 = 1)
+    "spark.executor.cores": str(EXECUTOR_SLOTS),
+    "spark.task.cpus": "1",  # featurize.py gives the engine spark.task.cpus threads per worker
+    "spark.executor.memory": f"{EXECUTOR_HEAP_GIB}g",
+    "spark.executor.memoryOverhead": f"{EXECUTOR_OVERHEAD_GIB}g",
+    "spark.python.worker.reuse": "true",  # a worker keeps its session across tasks (R2 = 1)
 }
 
 

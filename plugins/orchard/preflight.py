@@ -183,6 +183,18 @@ def check_roles(iam: Any, settings: Settings) -> tuple[list[Check], str | None]:
     return checks, role_arn
 
 
+def supported_instance_types(emr: Any, release: str) -> dict[str, dict[str, Any]]:
+    """Instance type -> EMR's description of it (Architecture among others), for one release."""
+    types, token = {}, None
+    while True:
+        kwargs = {"ReleaseLabel": release, **({"Marker": token} if token else {})}
+        page = emr.list_supported_instance_types(**kwargs)
+        types.update({t["Type"]: t for t in page.get("SupportedInstanceTypes", [])})
+        token = page.get("Marker")
+        if not token:
+            return types
+
+
 def check_release_and_instance(
     emr: Any, settings: Settings, instance_type: str, pins: Iterable[str]
 ) -> list[Check]:
@@ -204,14 +216,7 @@ def check_release_and_instance(
             Check(type_setting, False, "not checked: the release label is not available"),
         ]
     checks = [Check(setting, True, f"release exists in {settings.region}")]
-    types, token = {}, None
-    while True:
-        kwargs = {"ReleaseLabel": release, **({"Marker": token} if token else {})}
-        page = emr.list_supported_instance_types(**kwargs)
-        types.update({t["Type"]: t for t in page.get("SupportedInstanceTypes", [])})
-        token = page.get("Marker")
-        if not token:
-            break
+    types = supported_instance_types(emr, release)
     if instance_type not in types:
         checks.append(
             Check(

@@ -49,6 +49,8 @@ def spark_conf() -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Spark's INFO lines would bury the jobs' own progress and summaries in the task log.
         "spark.log.level": "WARN",
+        # Python workers fork from a daemon that has already imported their libraries.
+        "spark.python.daemon.module": "orchard_jobs.daemon",
     }
 
 

@@ -117,9 +117,25 @@ def test_spark_step_is_a_client_mode_spark_submit_sized_from_the_bench():
     confs = dict(a.split("=", 1) for a in args[args.index("--conf") : -3] if a != "--conf")
     assert confs["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
-    # One Python worker per core with one TensorFlow thread each, room for 4 models (BENCHMARKS.md).
+    # One Python worker per core with one engine thread each (BENCHMARKS.md).
     assert (confs["spark.executor.cores"], confs["spark.task.cpus"]) == ("4", "1")
-    assert (confs["spark.executor.memory"], confs["spark.executor.memoryOverhead"]) == ("2g", "8g")
+    assert confs["spark.python.daemon.module"] == "orchard_jobs.daemon"
+
+
+def gib(value: str) -> float:
+    return int(value[:-1]) / (1 if value.endswith("g") else 1024)
+
+
+def test_executor_memory_has_headroom_and_fits_yarn_on_the_default_instance():
+    sizing = emr.EXECUTOR_SIZING
+    overhead = gib(sizing["spark.executor.memoryOverhead"])
+    # Every worker at its measured peak with 50 % to spare, and 1 GiB for the JVM's off-heap use.
+    assert overhead >= int(sizing["spark.executor.cores"]) * emr.WORKER_PEAK_GIB * 1.5 + 1.0
+    container_mb = (gib(sizing["spark.executor.memory"]) + overhead) * 1024
+    application_master_mb = 512 + 384  # client mode: spark.yarn.am.memory and its minimum overhead
+    yarn_mb_m5_xlarge = 12288  # EMR Release Guide, "Task configuration"
+    assert Settings.from_env({}).emr_instance_type == "m5.xlarge"
+    assert container_mb + application_master_mb <= yarn_mb_m5_xlarge
 
 
 def test_step_timeout_grows_with_images():
