@@ -26,7 +26,7 @@ export ORCHARD_LAKE ?= $(CURDIR)/lake
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test bench e2e chromium test-spark35 lint venv java shellcheck lock clean up down logs
+.PHONY: demo test bench bench-scale e2e chromium test-spark35 lint venv java shellcheck lock clean up down logs
 
 demo: venv java
 	$(PY) -m orchard.samples data/sample --per-class 8
@@ -38,6 +38,11 @@ demo: venv java
 BENCH_ARGS ?=
 bench: venv java
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The real featurize and PCA steps at 2,000, 8,000 and 100,000 generated images (~20 min, ~1 GB of disk).
+SCALE_IMAGES ?= 100000
+bench-scale: venv java
+	$(PY) bench/run.py --scale $(SCALE_IMAGES) $(BENCH_ARGS)
 
 test: venv java shellcheck lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -55,6 +55,9 @@ from orchard.samples import generate
 BATCH = steps.ARROW_BATCH
 GFLOP_PER_IMAGE = 0.6  # MobileNetV2 at 224x224: ~300 M multiply-adds
 WEIGHTS_SEED = 42
+# Python worker daemons (Spark's own, and the one the steps configure): they and their forks are
+# the Python workers.
+DAEMONS = ("pyspark.daemon", "orchard_jobs.daemon")
 FEATURIZED_LINE = re.compile(r"orchard: featurized (\d+) files in python worker pid=(\d+)")
 
 
@@ -153,7 +156,7 @@ class PeakRss:
                 try:
                     rss = proc.memory_info().rss
                     total += rss
-                    if "pyspark.daemon" in " ".join(proc.cmdline()):  # the daemon and its workers
+                    if any(d in " ".join(proc.cmdline()) for d in DAEMONS):  # the daemon and its workers
                         workers.append(rss)
                 except psutil.Error:
                     pass
@@ -278,6 +281,19 @@ def plain_cold(images: Path) -> float:
 # --- the measurements ------------------------------------------------------------------------
 
 
+def plain_loop(featurizer: Callable[[np.ndarray], np.ndarray], paths: list[Path]) -> Callable[[], np.ndarray]:
+    """Read, decode and featurize `paths` in batches in this process, the plain way."""
+    from orchard_jobs.images import decode_image
+
+    def pipeline() -> np.ndarray:
+        out = []
+        for i in range(0, len(paths), BATCH):
+            out.append(featurizer(np.stack([decode_image(p.read_bytes()) for p in paths[i : i + BATCH]])))
+        return np.concatenate(out)
+
+    return pipeline
+
+
 def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) -> dict:
     """R1, R1b (steady), R4, R5: a warm Spark session, warm in-process Keras and engine, interleaved."""
     from pyspark.sql import SparkSession
@@ -288,22 +304,14 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
     from orchard_jobs.images import decode_image
     from orchard_jobs.model import Featurizer, random_weights
 
-    model = Path(json.loads(model_doc.read_text())["model"].removeprefix("file://")).read_bytes()
-    keras_plain = Featurizer(random_weights(WEIGHTS_SEED))  # TensorFlow's default: all cores
+    model = Path(
+        json.loads(model_doc.read_text(encoding="utf-8"))["model"].removeprefix("file://")
+    ).read_bytes()
     threads = os.cpu_count() or 1  # the same threads as Spark's local[N] workers, one each
     engine_plain = OnnxFeaturizer(model, threads=threads)
-
-    def plain(featurizer) -> Callable[[], np.ndarray]:
-        def pipeline() -> np.ndarray:
-            out = []
-            for i in range(0, len(paths), BATCH):
-                batch = np.stack([decode_image(p.read_bytes()) for p in paths[i : i + BATCH]])
-                out.append(featurizer(batch))
-            return np.concatenate(out)
-
-        return pipeline
-
-    plain_keras, plain_engine = plain(keras_plain), plain(engine_plain)
+    # Keras with TensorFlow's default threads (all cores): how the peers featurize.
+    plain_keras = plain_loop(Featurizer(random_weights(WEIGHTS_SEED)), paths)
+    plain_engine = plain_loop(engine_plain, paths)
     decoded = np.stack([decode_image(p.read_bytes()) for p in paths])
 
     def decode_only() -> None:
@@ -383,6 +391,7 @@ def cold_start(settings: Settings, images: Path, work: Path, reps: int, model_do
     return {
         "spark_wall_s": median([r["wall_s"] for r in spark_runs]),
         "spark_job_s": median([r["summary"]["seconds"] for r in spark_runs]),
+        "phases": spark_runs[-1]["summary"]["phases_seconds"],
         "plain_wall_s": median(plain_runs),
         "model_builds": [c["model_builds"] for c in counts],
         "python_workers": [c["python_workers"] for c in counts],
@@ -531,8 +540,9 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         (
             "R1 incl. start-up: Spark ÷ plain Keras throughput",
             f"{c['plain_wall_s'] / c['spark_wall_s']:.2f}",
-            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s (of which the job {c['spark_job_s']:.1f} s) "
-            f"vs a fresh plain-Keras process {c['plain_wall_s']:.1f} s for the same {s['images']} images, "
+            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s (inside the step "
+            f"{c['spark_job_s']:.1f} s; phases {c['phases']}) vs a fresh plain-Keras process "
+            f"{c['plain_wall_s']:.1f} s for the same {s['images']} images, "
             f"medians of {len(c['model_builds'])}",
         ),
         (
@@ -590,14 +600,69 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def subset(paths: list[Path], root: Path, size: int, folder: Path) -> None:
+    """The first `size` images of a generated set, hard-linked into their class folders under `folder`."""
+    for path in paths[:size]:
+        target = folder / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+
+
+def scale_run(settings: Settings, work: Path, n: int, model_doc: Path) -> dict:
+    """make bench-scale: the real featurize and PCA steps at 2,000, 8,000 and `n` images."""
+    sizes = sorted({2000, 8000, n})
+    everything = image_set(work / "all", sizes[-1], seed=2)
+    for size in sizes:
+        subset(everything, work / "all", size, work / f"n{size}")
+    log(f"generated {n} images")
+    featurize = scaling(settings, work, sizes, work, model_doc)
+    pca = []
+    for size in sizes[1:]:
+        run = pca_submit(settings, work / f"scale-{size}" / "features", work / f"pca-{size}")
+        pca.append({"images": size, **{k: v for k, v in run.items() if k != "summary"}})
+        log(f"pca {size}: {run['wall_s']:.1f} s, {run['peak_rss_gib']} GiB")
+    return {"featurize": featurize, "pca": pca}
+
+
+def scale_report(scale: dict) -> str:
+    """The scale run as Markdown: rates, marginal rates and memory by image count."""
+    rows = scale["featurize"]
+    lines = [
+        "| images | featurize wall | img/s | marginal img/s | peak tree | driver | all workers | one worker "
+        "| driver listing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for before, row in zip([None, *rows[:-1]], rows, strict=True):
+        marginal = (
+            f"{(row['images'] - before['images']) / (row['wall_s'] - before['wall_s']):.1f}"
+            if before
+            else "-"
+        )
+        driver = row["driver"]
+        lines.append(
+            f"| {row['images']} | {row['wall_s']} s | {row['img_s']:.1f} | {marginal} "
+            f"| {row['peak_rss_gib']} GiB "
+            f"| {row['peak_driver_gib']} GiB | {row['peak_python_workers_gib']} GiB "
+            f"| {row['peak_python_worker_gib']} GiB | {driver.get('listed_files')} paths, "
+            f"{driver.get('listing_bytes', 0) / 2**20:.1f} MiB; {driver.get('unread_files')} unread |"
+        )
+    lines += ["", "| images | pca wall | peak tree | driver | workers |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['images']} | {r['wall_s']:.1f} s | {r['peak_rss_gib']} GiB | {r['peak_driver_gib']} GiB "
+        f"| {r['peak_python_workers_gib']} GiB |"
+        for r in scale["pca"]
+    ]
+    return "\n".join(lines)
+
+
 def report(results: dict) -> str:
     """The machine fingerprint and the table, as Markdown."""
     m = results["machine"]
     lines = [
         f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores, {m['memory_gib']} GiB; "
         f"Python {m['python']}, {m['java']}",
-        f"ONNX Runtime {m['onnxruntime']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, PySpark {m['pyspark']}, numpy {m['numpy']}, "
-        f"pandas {m['pandas']}, pyarrow {m['pyarrow']}",
+        f"ONNX Runtime {m['onnxruntime']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"PySpark {m['pyspark']}, numpy {m['numpy']}, pandas {m['pandas']}, pyarrow {m['pyarrow']}",
         f"Batch {BATCH}, weights random:{WEIGHTS_SEED}, generated 100x100 fruit images, Spark local[2].",
         "",
         "| ratio | value | raw figures |",
@@ -615,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="500,2000,8000", help="image counts for R8")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep generated images and outputs here")
+    parser.add_argument("--scale", type=int, default=0, help="only the scale run, on this many images")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     settings = Settings.from_env()
@@ -625,6 +691,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results: dict = {"machine": fingerprint()}
         log(f"machine: {results['machine']}")
+        if args.scale:
+            results["scale"] = scale_run(settings, work, args.scale, model_document(work))
+            results["total_s"] = round(time.perf_counter() - started, 1)
+            print(scale_report(results["scale"]))
+            print(f"\nbench-scale total: {results['total_s']} s")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+            return 0
         images = work / "images"
         paths = image_set(images, args.images, seed=1)
         for size in sizes:
