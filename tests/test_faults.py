@@ -22,15 +22,19 @@ from tests.models import model_document
 pytestmark = pytest.mark.e2e
 
 
+def is_daemon(proc: psutil.Process) -> bool:
+    """A Python worker daemon (Spark's own or the steps' preloading one) or a worker forked from it."""
+    command = " ".join(proc.cmdline())
+    return "pyspark.daemon" in command or "orchard_jobs.daemon" in command
+
+
 def busy_workers(root_pid: int) -> list[psutil.Process]:
     """Forked pyspark workers (children of the pyspark daemon) below a process."""
     found = []
     for proc in psutil.Process(root_pid).children(recursive=True):
         try:
             parent = proc.parent()
-            if "pyspark.daemon" in " ".join(proc.cmdline()) and "pyspark.daemon" in " ".join(
-                parent.cmdline()
-            ):
+            if is_daemon(proc) and is_daemon(parent):
                 found.append(proc)
         except psutil.Error:
             continue

@@ -49,8 +49,6 @@ def spark_conf() -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Spark's INFO lines would bury the jobs' own progress and summaries in the task log.
         "spark.log.level": "WARN",
-        # Python workers fork from a daemon that has already imported their libraries.
-        "spark.python.daemon.module": "orchard_jobs.daemon",
     }
 
 
@@ -60,7 +58,10 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
     Credentials are not in here: s3a reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the
     environment of the Spark process, as the AWS SDK does everywhere else.
     """
-    conf = spark_conf()
+    # Python workers fork from a daemon that has already imported their libraries. Local steps
+    # only: on a cluster the jobs' modules arrive with --py-files, which Spark puts on a worker's
+    # sys.path per task, after the daemon has started (the standalone-cluster test showed it).
+    conf = spark_conf() | {"spark.python.daemon.module": "orchard_jobs.daemon"}
     if settings.lake_on_s3:
         conf |= {
             "spark.hadoop.fs.s3a.aws.credentials.provider": (

@@ -119,7 +119,8 @@ def test_spark_step_is_a_client_mode_spark_submit_sized_from_the_bench():
     assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
     # One Python worker per core with one engine thread each (BENCHMARKS.md).
     assert (confs["spark.executor.cores"], confs["spark.task.cpus"]) == ("4", "1")
-    assert confs["spark.python.daemon.module"] == "orchard_jobs.daemon"
+    # The preloading daemon is local only: executors get the jobs' modules per task (--py-files).
+    assert "spark.python.daemon.module" not in confs
 
 
 def gib(value: str) -> float:
