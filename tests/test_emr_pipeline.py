@@ -357,6 +357,7 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     assert states["wait_featurize"] == "failed"
     assert states["add_pca_step"] == "upstream_failed"
     assert states["terminate_cluster"] == "success"
+    assert states["check_outcome"] == "failed"  # the verdict: not every task succeeded
 
     (cluster,) = clusters().values()
     assert [s.name for s in cluster.steps] == ["orchard-featurize"]  # PCA never added
