@@ -7,8 +7,9 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
   (spark-submit, local mode)
 - emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
-  `terminate_cluster` (teardown: it runs whatever happened before it; a failed step still fails the
-  run) and `export_csv` → `report`
+  `terminate_cluster` (teardown: it runs whatever happened before it) and `export_csv` → `report`;
+  then `check_outcome` (teardown too), the run's verdict: it fails the run unless every other task
+  succeeded, so a failed step, or a run marked failed while it waits for a step, ends failed
 
 1. **upload_images** checks the `source` folder (missing or empty: the run stops here, before any
    upload or cluster) and syncs it into the lake (`$ORCHARD_LAKE/images/<dataset>`), skipping files
@@ -60,7 +61,7 @@ from airflow.providers.amazon.aws.operators.emr import (
     EmrTerminateJobFlowOperator,
 )
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, get_current_context, task, teardown
 
 from orchard import emr, steps
 from orchard.config import Settings
@@ -353,7 +354,27 @@ with DAG(
         ).as_teardown(setups=create_cluster)
         add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
         # The report needs the lake only: the cluster need not wait for it.
-        export >> report(upload)
+        reported = report(upload)
+        export >> reported
+
+        @teardown(on_failure_fail_dagrun=True)
+        def check_outcome() -> None:
+            """The run's verdict, last: it fails the run unless every other task of the run succeeded.
+
+            Airflow decides a run's state from its last tasks. A run a user marks failed ("Mark as
+            failed") while a teardown is still to run stays open until the teardowns have run, then
+            takes the state of its last tasks, which the cancel skipped: without this task such a run
+            ended *success* (tests/test_cancel_live.py).
+            """
+            ti = get_current_context()["ti"]
+            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+            unfinished = {t: s for t, s in sorted(states.items()) if t != ti.task_id and s != "success"}
+            if unfinished:
+                raise RuntimeError(
+                    "the run did not complete: " + ", ".join(f"{t} {s}" for t, s in unfinished.items())
+                )
+
+        [terminate_cluster, reported] >> check_outcome()
 
 
 def stage_wheelhouse(client, requirements, instance_type: str) -> str:

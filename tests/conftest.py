@@ -6,6 +6,7 @@ test module imports it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -74,6 +75,63 @@ def shared_sample() -> Path:
     if not SHARED_SAMPLE.is_dir():
         pytest.skip(f"real Fruits-360 sample not present at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    """moto's threaded server on 127.0.0.1 as the emr target's AWS account; yields an S3 client.
+
+    The lake bucket (SSE-S3 by default), EMR's default roles and an already staged wheelhouse
+    (tests/emr_moto.py); the emr target's ORCHARD_* settings, AWS credentials and the aws_default
+    connection (endpoint_url: the server) in the environment, for this process and its children.
+    """
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from tests.emr_moto import BUCKET, LAKE, REGION, SECRETS, WHEELHOUSE_KEY, create_default_roles
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAORCHARDENVTEST01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS[0])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIAORCHARDCONNTEST1",
+                "password": SECRETS[1],
+                "extra": {"endpoint_url": url, "region_name": REGION},
+            }
+        ),
+    )
+    for key, value in {
+        "ORCHARD_TARGET": "emr",
+        "ORCHARD_LAKE": LAKE,
+        "ORCHARD_AWS_REGION": REGION,
+        "ORCHARD_EMR_POLL_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    requests.post(f"{url}/moto-api/reset", timeout=10)  # backends are process-wide: start empty
+    s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
+    # The stand-in never runs the bootstrap (tests/test_bootstrap.py does, with the real wheelhouse):
+    # a wheelhouse already staged for these requirements is reused, as on every run after the first.
+    s3.put_object(Bucket=BUCKET, Key=WHEELHOUSE_KEY, Body=b"", ServerSideEncryption="AES256")
+    yield s3
+    requests.post(f"{url}/moto-api/reset", timeout=10)
+    server.stop()
 
 
 @pytest.fixture

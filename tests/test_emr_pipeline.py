@@ -15,7 +15,6 @@ import contextlib
 import gzip
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -24,31 +23,19 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import pandas as pd
 import pytest
-import requests
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.emr.models import emr_backends
-from moto.server import ThreadedMotoServer
 
-from orchard import artifacts
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
 from tests import iam
 from tests.conftest import ROOT
+from tests.emr_moto import BUCKET, LAKE, SECRETS, WHEELHOUSE_KEY, clusters
 from tests.imagefactory import truncated_jpeg
 
 pytestmark = pytest.mark.e2e
 
-REGION = "eu-west-1"
-BUCKET = "orchard-test-lake"
-LAKE = f"s3://{BUCKET}/lake"
 STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
-WHEELHOUSE_KEY = (
-    f"lake/artifacts/wheelhouse/{artifacts.requirements_hash(ROOT / 'bootstrap' / 'requirements.txt')}"
-    f"/{artifacts.WHEELHOUSE}"
-)
 # Grants of the policy that no moto run exercises, and why they are there.
 NOT_EXERCISED = {
     "ReadWriteTheLake:s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
@@ -61,72 +48,12 @@ NOT_EXERCISED = {
 }
 
 
-SECRETS = (f"env-secret-{secrets.token_hex(12)}", f"conn-secret-{secrets.token_hex(12)}")
-
-
 def assert_no_secrets(*texts: str) -> None:
     """None of the configured secret values appears in the task logs (console and log files)."""
     files = [p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"]).rglob("*.log")]
     for text in [*texts, *files]:
         for secret in SECRETS:
             assert secret not in text
-
-
-@pytest.fixture
-def moto_server(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    # Credentials in the environment (the AWS chain) and in the Airflow connection, each unique
-    # so that the tests can look for them in every log.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAORCHARDENVTEST01")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS[0])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "AKIAORCHARDCONNTEST1",
-                "password": SECRETS[1],
-                "extra": {"endpoint_url": url, "region_name": REGION},
-            }
-        ),
-    )
-    for key, value in {
-        "ORCHARD_TARGET": "emr",
-        "ORCHARD_LAKE": LAKE,
-        "ORCHARD_AWS_REGION": REGION,
-        "ORCHARD_EMR_POLL_SECONDS": "1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    requests.post(f"{url}/moto-api/reset", timeout=10)  # backends are process-wide: start empty
-    s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3.put_bucket_encryption(
-        Bucket=BUCKET,
-        ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-        },
-    )
-    create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
-    # The stand-in never runs the bootstrap (tests/test_bootstrap.py does, with the real wheelhouse):
-    # a wheelhouse already staged for these requirements is reused, as on every run after the first.
-    s3.put_object(Bucket=BUCKET, Key=WHEELHOUSE_KEY, Body=b"", ServerSideEncryption="AES256")
-    yield s3
-    requests.post(f"{url}/moto-api/reset", timeout=10)
-    server.stop()
-
-
-def create_default_roles(iam) -> None:
-    """What `aws emr create-default-roles` creates: the service role and the instance profile."""
-    for role in ("EMR_DefaultRole", "EMR_EC2_DefaultRole"):
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
-    iam.add_role_to_instance_profile(
-        InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole"
-    )
 
 
 def check_policy(calls) -> list:
@@ -136,13 +63,6 @@ def check_policy(calls) -> list:
     refused = iam.refused(iam.airflow_policy(BUCKET, "lake"), requests_made)
     assert refused == [], "\n".join(refused)
     return requests_made
-
-
-def clusters() -> dict:
-    """Every cluster moto holds (its server files EMR calls to an endpoint_url under us-east-1)."""
-    return {
-        cid: c for backend in emr_backends[DEFAULT_ACCOUNT_ID].values() for cid, c in backend.clusters.items()
-    }
 
 
 # Loaded by the workers' Python (PYTHONPATH): drops the editable install's import hook, so the
@@ -437,6 +357,7 @@ def test_failed_featurize_step_fails_the_run_and_still_terminates(
     assert states["wait_featurize"] == "failed"
     assert states["add_pca_step"] == "upstream_failed"
     assert states["terminate_cluster"] == "success"
+    assert states["check_outcome"] == "failed"  # the verdict: not every task succeeded
 
     (cluster,) = clusters().values()
     assert [s.name for s in cluster.steps] == ["orchard-featurize"]  # PCA never added

@@ -10,14 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +18,13 @@ import pytest
 
 from orchard.layout import local_path
 from orchard.samples import generate
+from tests.airflow_services import SERVICES, airflow_services, wait_for
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("ORCHARD_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("ORCHARD_E2E_SHOTS", ROOT / "tests" / "browser" / "screenshots"))
-SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 # What the probe of this machine found Chromium needs in a closed network, headless, as root.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -44,102 +37,35 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, check, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory) -> Iterator[dict]:
     """Airflow's four services on a fresh SQLite DB; yields the URL, the login and the lake."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: `make e2e` installs Debian's chromium")
     work = tmp_path_factory.mktemp("airflow-ui")
-    home, lake, images = work / "home", work / "lake", work / "images"
-    home.mkdir()
+    lake, images = work / "lake", work / "images"
     generate(images, per_class=3, seed=7)
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({"admin": password}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW_CONN_ORCHARD_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "ORCHARD_LAKE": str(lake),
         "ORCHARD_SOURCE": str(images),
         "ORCHARD_SCHEDULE": "none",  # this session's only run is the one it triggers
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    procs = []
-    for service in SERVICES:
-        log = (work / f"{service}.log").open("w")
-        command = ["airflow", service, *(["--port", str(port)] if service == "api-server" else [])]
-        procs.append(
-            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
     try:
-
-        def healthy():
-            try:
-                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5) as response:
-                    health = json.loads(response.read())
-                return all(
-                    health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler")
-                )
-            except OSError:
-                return False
-
-        wait_for("Airflow to be healthy", healthy, timeout=180, every=2)
-        yield {
-            "url": url,
-            "user": "admin",
-            "password": password,
-            "lake": lake,
-            "images": images,
-            "work": work,
-        }
+        with airflow_services(work, env) as services:
+            yield {
+                "url": services.url,
+                "user": services.user,
+                "password": services.password,
+                "lake": lake,
+                "images": images,
+                "work": work,
+            }
     finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
         SHOTS.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:  # kept beside the screenshots for when a step fails
-            shutil.copyfile(work / f"{service}.log", SHOTS / f"{service}.log")
+            if (work / f"{service}.log").exists():
+                shutil.copyfile(work / f"{service}.log", SHOTS / f"{service}.log")
 
 
 @pytest.fixture(scope="module")

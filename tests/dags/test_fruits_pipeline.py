@@ -37,6 +37,7 @@ EMR_GRAPH = {
     "export_csv": ["upload_images", "wait_pca"],
     "terminate_cluster": ["create_cluster", "export_csv"],
     "report": ["export_csv", "upload_images"],
+    "check_outcome": ["report", "terminate_cluster"],
 }
 
 
@@ -96,7 +97,7 @@ def test_emr_target_renders_the_full_graph_with_no_connections():
     result = parse_in_clean_interpreter({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://bucket/lake"})
     assert (result["errors"], result["dags"], result["heavy"]) == ({}, DAGS, [])
     assert result["graph"] == EMR_GRAPH
-    assert result["teardowns"] == ["terminate_cluster"]
+    assert sorted(result["teardowns"]) == ["check_outcome", "terminate_cluster"]
 
 
 def test_task_graph(dag):

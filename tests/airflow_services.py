@@ -1,0 +1,162 @@
+"""Airflow as it is deployed: its four services (api-server, scheduler, dag-processor, triggerer) on a
+fresh SQLite DB with the LocalExecutor, each in its own process group, and a REST client for them.
+
+Used by the browser test (tests/browser) and the live cancel test (tests/test_cancel_live.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT
+
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Airflow:
+    """The running services: where they listen, the login, their home and logs."""
+
+    url: str
+    user: str
+    password: str
+    work: Path
+    home: Path
+    _token: str | None = field(default=None, repr=False)
+
+    def log_tails(self, chars: int = 3000) -> str:
+        """The end of every service's log, for a failure message."""
+        parts = []
+        for service in SERVICES:
+            log = self.work / f"{service}.log"
+            text = log.read_text(errors="replace") if log.exists() else "(no log)"
+            parts.append(f"--- {service} ---\n{text[-chars:]}")
+        return "\n".join(parts)
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A call to the public REST API (/api/v2/...) with a JWT from /auth/token, as a user logs in."""
+        if self._token is None:
+            response = requests.post(
+                f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=30
+            )
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        response = requests.request(
+            method,
+            f"{self.url}/api/v2/{path.lstrip('/')}",
+            json=body,
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=30,
+        )
+        if not response.ok:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text[:2000]}")
+        return response.json()
+
+
+@contextlib.contextmanager
+def airflow_services(work: Path, env: Mapping[str, str], start_timeout: float = 180) -> Generator[Airflow]:
+    """Airflow's four services on a fresh SQLite DB under `work`, with `env` on top of this process's.
+
+    Yields once the API reports the metadata DB and the scheduler healthy; stops every service by
+    its process group on the way out (SIGTERM, then SIGKILL after 30 s). Logs: work/<service>.log.
+    """
+    home = work / "home"
+    home.mkdir(parents=True)
+    password = secrets.token_urlsafe(12)
+    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **env,
+    }
+    subprocess.run(["airflow", "db", "migrate"], env=full_env, check=True, capture_output=True)
+    airflow = Airflow(url=url, user="admin", password=password, work=work, home=home)
+    procs = []
+    try:
+        for service in SERVICES:
+            with (work / f"{service}.log").open("w") as log:
+                command = ["airflow", service, *(["--port", str(port)] if service == "api-server" else [])]
+                procs.append(
+                    subprocess.Popen(
+                        command, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
+
+        def healthy():
+            exited = [s for s, p in zip(SERVICES, procs, strict=True) if p.poll() is not None]
+            if exited:
+                raise RuntimeError(f"Airflow's {', '.join(exited)} exited:\n{airflow.log_tails()}")
+            try:
+                health = requests.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+            except (OSError, ValueError):
+                return False
+            return all(
+                health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler")
+            )
+
+        try:
+            wait_for("Airflow to be healthy", healthy, timeout=start_timeout, every=2)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{airflow.log_tails()}") from None
+        yield airflow
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for proc in procs:  # what a service left behind in its group (a task's process)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
