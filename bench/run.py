@@ -57,7 +57,7 @@ GFLOP_PER_IMAGE = 0.6  # MobileNetV2 at 224x224: ~300 M multiply-adds
 WEIGHTS_SEED = 42
 # Python worker daemons (Spark's own, and the one the steps configure): they and their forks are
 # the Python workers.
-DAEMONS = ("pyspark.daemon", "orchard_jobs.daemon")
+DAEMONS = (["-m", "pyspark.daemon"], ["-m", "orchard_jobs.daemon"])
 FEATURIZED_LINE = re.compile(r"orchard: featurized (\d+) files in python worker pid=(\d+)")
 
 
@@ -156,7 +156,7 @@ class PeakRss:
                 try:
                     rss = proc.memory_info().rss
                     total += rss
-                    if any(d in " ".join(proc.cmdline()) for d in DAEMONS):  # the daemon and its workers
+                    if proc.cmdline()[1:3] in DAEMONS:  # python -m DAEMON: the daemon and its workers
                         workers.append(rss)
                 except psutil.Error:
                     pass
