@@ -1,7 +1,7 @@
 """Centred PCA of the features in one pass: blocked covariance per partition, eigh on the driver.
 
 Each partition reduces its rows to (count, mean, centred cross-product XᵀX) with numpy (BLAS-3 on
-blocks of rows, float64); a tree aggregate merges the partitions (Chan et al.'s pairwise update,
+blocks of rows, float64); a tree aggregate (`moments`) merges the partitions (Chan et al.'s pairwise update,
 stable even when the mean is far from zero); the driver diagonalises the 1280x1280 covariance.
 Measured in bench/ (R6) against numpy on one matrix, and equal to scikit-learn's PCA up to sign.
 The fitted model is saved as a pyspark.ml PipelineModel (centring + PCAModel), so Spark can load
@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +23,8 @@ from pyspark.sql import functions as F
 # Rows per BLAS block: large enough for matrix-matrix speed, small enough to stay ~40 MB.
 BLOCK_ROWS = 4096
 STATS_SCHEMA = "n long, mean binary, m2 binary"
+# Partial moments merged per executor task in the tree aggregate (each row is ~13 MB).
+MERGE_FANIN = 8
 
 
 @dataclass
@@ -95,25 +96,50 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
         block = Moments.of(np.concatenate(pending))
         total = block if total is None else total.merge(block)
     if total is not None:
-        yield pa.RecordBatch.from_pydict(
-            {"n": [total.n], "mean": [total.mean.tobytes()], "m2": [total.m2.tobytes()]},
-            schema=pa.schema([("n", pa.int64()), ("mean", pa.binary()), ("m2", pa.binary())]),
-        )
+        yield _batch_of(total)
 
 
-def _moments_of_row(row: Any) -> Moments:
-    """A partition's moments from the row `_partition_moments` wrote."""
-    mean = np.frombuffer(row.mean, dtype=np.float64)
-    return Moments(row.n, mean, np.frombuffer(row.m2, dtype=np.float64).reshape(len(mean), len(mean)))
+def _moments_of(n: int, mean: bytes, m2: bytes) -> Moments:
+    """Moments from the raw float64 bytes of a STATS_SCHEMA row."""
+    centre = np.frombuffer(mean, dtype=np.float64)
+    return Moments(n, centre, np.frombuffer(m2, dtype=np.float64).reshape(len(centre), len(centre)))
+
+
+def _batch_of(moments: Moments) -> pa.RecordBatch:
+    """Moments as the one-row Arrow batch of STATS_SCHEMA."""
+    return pa.RecordBatch.from_pydict(
+        {"n": [moments.n], "mean": [moments.mean.tobytes()], "m2": [moments.m2.tobytes()]},
+        schema=pa.schema([("n", pa.int64()), ("mean", pa.binary()), ("m2", pa.binary())]),
+    )
+
+
+def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One level of the tree: the moments rows of a partition merged into one."""
+    total = None
+    for batch in batches:
+        for n, mean, m2 in zip(*(batch.column(c).to_pylist() for c in ("n", "mean", "m2")), strict=True):
+            part = _moments_of(n, mean, m2)
+            total = part if total is None else total.merge(part)
+    if total is not None:
+        yield _batch_of(total)
 
 
 def moments(features: DataFrame) -> Moments:
-    """One pass over the features column: count, mean and centred cross-products, tree-aggregated."""
-    per_partition = features.select("features").mapInArrow(_partition_moments, STATS_SCHEMA)
-    rdd = per_partition.rdd.map(_moments_of_row)
-    if rdd.isEmpty():
-        return Moments(0, np.zeros(0), np.zeros((0, 0)))
-    return rdd.treeReduce(Moments.merge, depth=2)
+    """One pass over the features column: count, mean and centred cross-products, tree-aggregated.
+
+    Partitions reduce to one row each; while there are more than MERGE_FANIN rows, groups of up to
+    MERGE_FANIN are merged on the executors (Arrow all the way: no Python RDD, whose separate
+    workers would start cold); the driver merges the last few.
+    """
+    stats = features.select("features").mapInArrow(_partition_moments, STATS_SCHEMA)
+    parts = stats.rdd.getNumPartitions()
+    while parts > MERGE_FANIN:
+        parts = -(-parts // MERGE_FANIN)
+        stats = stats.repartition(parts).mapInArrow(_merge_moments, STATS_SCHEMA)
+    total = Moments(0, np.zeros(0), np.zeros((0, 0)))
+    for row in stats.collect():
+        total = total.merge(_moments_of(row.n, row.mean, row.m2))
+    return total
 
 
 def fit(features: DataFrame) -> FittedPca:
