@@ -125,4 +125,8 @@ def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
     assert emr_settings.spark_lake == "s3://b/l"
     local = Settings.from_env({})
     assert not local.lake_on_s3
-    assert steps.local_spark_conf(local) == steps.spark_conf()
+    # A local lake: the common configuration plus the preloading worker daemon, no s3a settings.
+    assert steps.local_spark_conf(local) == {
+        **steps.spark_conf(),
+        "spark.python.daemon.module": "orchard_jobs.daemon",
+    }
