@@ -213,14 +213,8 @@ def submit_command(settings: Settings, script: str, args: list[str], master: str
     ]  # fmt: skip
 
 
-def spark_submit(settings: Settings, images: Path, out: Path, model: Path, master: str = "local[2]") -> dict:
-    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
-    args = [
-        "--images", f"file://{images}", "--features", f"file://{out}/features",
-        "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--model", f"file://{model}",
-    ]  # fmt: skip
-    command = submit_command(settings, "featurize.py", args, master)
+def measured(command: list[str], settings: Settings) -> tuple[float, str, dict]:
+    """Run a spark-submit: (wall seconds, its output, peak memory of its process tree)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         command, env=submit_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -230,7 +224,19 @@ def spark_submit(settings: Settings, images: Path, out: Path, model: Path, maste
     wall = time.perf_counter() - started
     peaks = memory.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"featurize failed ({proc.returncode}):\n{output[-3000:]}")
+        script = next(Path(arg).name for arg in command if arg.endswith(".py"))
+        raise RuntimeError(f"{script} failed ({proc.returncode}):\n{output[-3000:]}")
+    return wall, output, peaks
+
+
+def spark_submit(settings: Settings, images: Path, out: Path, model: Path, master: str = "local[2]") -> dict:
+    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
+    args = [
+        "--images", f"file://{images}", "--features", f"file://{out}/features",
+        "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
+        "--model", f"file://{model}",
+    ]  # fmt: skip
+    wall, output, peaks = measured(submit_command(settings, "featurize.py", args, master), settings)
     summary = json.loads((out / "featurize.json").read_text())
     executed = sum(int(m.group(1)) for m in FEATURIZED_LINE.finditer(output))
     return {"wall_s": wall, "summary": summary, "executed": executed, **peaks}
@@ -242,17 +248,7 @@ def pca_submit(settings: Settings, features_dir: Path, out: Path, k: int = 50) -
         "--features", f"file://{features_dir}", "--pca", f"file://{out}/pca", "--model", f"file://{out}/model",
         "--summary", f"file://{out}/pca.json", "--csv-parts", f"file://{out}/csv_parts", "--k", str(k),
     ]  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        submit_command(settings, "pca.py", args),
-        env=submit_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    memory = PeakRss(proc.pid)
-    output, _ = proc.communicate()
-    wall = time.perf_counter() - started
-    peaks = memory.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"pca failed ({proc.returncode}):\n{output[-3000:]}")
+    wall, _, peaks = measured(submit_command(settings, "pca.py", args), settings)
     return {"wall_s": wall, "summary": json.loads((out / "pca.json").read_text()), **peaks}
 
 

@@ -147,16 +147,21 @@ def airflow_services(work: Path, env: Mapping[str, str], start_timeout: float = 
             raise TimeoutError(f"{exc}\n{airflow.log_tails()}") from None
         yield airflow
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        for proc in procs:  # what a service left behind in its group (a task's process)
+        stop_process_groups(procs)
+
+
+def stop_process_groups(procs: list[subprocess.Popen]) -> None:
+    """Stop processes started with start_new_session, and whatever they left in their groups."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for proc in procs:  # what a process left behind in its group (a task's process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

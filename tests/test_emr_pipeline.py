@@ -11,11 +11,9 @@ imported it from: the test checks that it was the shipped zip.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import pytest
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
 from tests import iam
+from tests.airflow_services import stop_process_groups
 from tests.conftest import ROOT
 from tests.emr_moto import BUCKET, LAKE, SECRETS, WHEELHOUSE_KEY, clusters
 from tests.imagefactory import truncated_jpeg
@@ -146,15 +145,7 @@ def spark_standalone(tmp_path):
             time.sleep(0.5)
         yield {"master": master_url, "imports": imports, "pids": [p.pid for p in procs]}
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_groups(procs)
 
 
 class EmrStandIn(threading.Thread):
