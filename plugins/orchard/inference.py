@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from orchard.s3 import file_sha256
+
 log = logging.getLogger(__name__)
 
 # Where Keras caches the ImageNet weights of MobileNetV2 without its classifier.
@@ -27,16 +29,6 @@ MODEL_FILE = "mobilenet_v2.onnx"
 INFO_FILE = "model.json"
 # Bumped when the conversion itself changes (graph inputs, preprocessing), so old files are not reused.
 CONVERSION = "uint8-rgb-in/1280-avg-pool-out/v1"
-CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def keras_imagenet_file() -> Path:
