@@ -78,7 +78,8 @@ PARAMS = {
         type="string",
         minLength=1,
         title="Source folder",
-        description="Folder of images, one sub-folder per class (the folder name is the label).",
+        description="Folder of images, one sub-folder per class (the folder name is the label), "
+        "or an s3://bucket/prefix when the lake is on S3.",
     ),
     "pca_k": Param(
         None,
@@ -159,33 +160,24 @@ with DAG(
 
     @task(multiple_outputs=True)
     def upload_images() -> dict:
-        """Sync the source folder into the lake; returns the run's URIs and the sync report."""
-        from pathlib import Path
+        """Mirror the source into the lake and list the run's inputs; returns the run's URIs and the sync."""
+        from orchard.export import airflow_lake
+        from orchard.storage import listing_parquet
 
         context = get_current_context()
         params = context["params"]
-        source = Path(params["source"]).expanduser().resolve()
-        from orchard.storage import check_source
-
-        try:  # before anything is uploaded or any cluster is created
-            check_source(source)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"param source: {exc}") from exc
-        run = run_layout(settings.spark_lake, source.name, context["run_id"])
         started = time.monotonic()
-        if settings.lake_on_s3:
-            from orchard.s3 import sync_to_s3
-
-            report = sync_to_s3(source, run["images"], _s3_client(), settings.encryption, params["limit"])
-        else:
-            from orchard.layout import local_path
-            from orchard.storage import sync_folder
-
-            report = sync_folder(source, local_path(run["images"]), limit=params["limit"])
-        sync = {**report.as_dict(), "source": str(source), "seconds": round(time.monotonic() - started, 3)}
+        source, report = sync_source(params["source"], context["run_id"], params["limit"])
+        run = run_layout(settings.spark_lake, source.rsplit("/", 1)[-1], context["run_id"])
+        sync = {**report.as_dict(), "source": source, "seconds": round(time.monotonic() - started, 3)}
         if report.failed:
             raise OSError(f"{len(report.failed)} files could not be uploaded: {sorted(report.failed)[:5]}")
-        return {**run, "sync": sync, "dataset": slug(source.name), "image_count": report.files}
+        # The run reads exactly this listing, whatever else the lake holds.
+        listing = listing_parquet(report.inputs)
+        airflow_lake(settings).write_bytes(
+            f"{run['inputs']}/part-00000.parquet", listing, "application/octet-stream"
+        )
+        return {**run, "sync": sync, "dataset": slug(source.rsplit("/", 1)[-1]), "image_count": report.files}
 
     @task
     def convert_model(run: dict) -> dict:
@@ -399,6 +391,47 @@ def stage_wheelhouse(client, requirements, instance_type: str) -> str:
     return upload_files(client, {artifacts.WHEELHOUSE: tar}, prefix, settings.encryption)[
         artifacts.WHEELHOUSE
     ]
+
+
+def sync_source(source: str, run_id: str, limit: int | None):
+    """Check `source` (a folder, or an s3:// prefix when the lake is on S3) and mirror it into the lake.
+
+    Returns the source as recorded (a resolved path or the URI) and the sync report. A source on S3
+    is copied inside S3: its images never pass through the Airflow worker.
+    """
+    from pathlib import Path
+
+    from orchard.storage import check_source
+
+    if source.startswith(("s3://", "s3a://")):
+        from orchard.s3 import check_s3_source, split_uri, sync_s3_to_s3
+
+        if not settings.lake_on_s3:
+            raise ValueError(
+                f"param source: {source!r} is on S3; it needs a lake on S3 (ORCHARD_LAKE=s3://...)"
+            )
+        uri = "s3://" + "/".join(part for part in split_uri(source) if part)
+        client = _s3_client()
+        try:  # before anything is copied or any cluster is created
+            check_s3_source(client, uri)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"param source: {exc}") from exc
+        images = run_layout(settings.lake, uri.rsplit("/", 1)[-1], run_id)["images"]
+        return uri, sync_s3_to_s3(uri, images, client, settings.encryption, limit)
+    folder = Path(source).expanduser().resolve()
+    try:  # before anything is uploaded or any cluster is created
+        check_source(folder)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"param source: {exc}") from exc
+    images = run_layout(settings.lake, folder.name, run_id)["images"]
+    if settings.lake_on_s3:
+        from orchard.s3 import sync_to_s3
+
+        return str(folder), sync_to_s3(folder, images, _s3_client(), settings.encryption, limit)
+    from orchard.layout import local_path
+    from orchard.storage import sync_folder
+
+    return str(folder), sync_folder(folder, local_path(images), limit=limit)
 
 
 def _s3_client():

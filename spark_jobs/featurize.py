@@ -1,7 +1,11 @@
 """Spark step 1: images -> MobileNetV2 features (Parquet) + quarantine (Parquet) + summary (JSON).
 
     spark-submit featurize.py --images URI --features URI --quarantine URI --summary URI \
-        --model URI [--partitions N] [--limit N] [--cache URI]
+        --model URI [--inputs URI] [--partitions N] [--limit N] [--cache URI]
+
+--inputs names the run's input listing (Parquet, written by the upload): the step reads exactly
+those paths below --images, and every listed path ends in the features or the quarantine. Without
+it, the input is every file Spark lists below --images.
 
 --model names the run's model document (written by `orchard.inference.prepare_model`): the
 ONNX model's URI and SHA-256 and the account of its weights. The step never imports TensorFlow.
@@ -32,6 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quarantine", required=True, help="output URI of the quarantine Parquet")
     parser.add_argument("--summary", required=True, help="output URI of the step's JSON summary")
     parser.add_argument("--model", required=True, help="URI of the run's model document (JSON)")
+    parser.add_argument(
+        "--inputs", default="", help="URI of the run's input listing (default: every file below --images)"
+    )
     parser.add_argument("--partitions", type=int, default=0, help="0: a multiple of the task slots")
     parser.add_argument("--limit", type=int, default=0, help="featurize only the first N files (0: all)")
     parser.add_argument(
@@ -63,42 +70,46 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
         )
     broadcast = spark.sparkContext.broadcast(model)
     phases["model"] = time.time() - started
-    files, listed = features.read_images(spark, args.images, args.limit or None)
+    files, listing = features.read_images(spark, args.images, args.inputs or None, args.limit or None)
+    listing = listing.persist()
+    listed = listing.count()
     phases["listing"] = time.time() - started - phases["model"]
     cache_at = features.cache_uri(args.cache, digest) if args.cache else None
     cache = features.read_cache(spark, cache_at) if cache_at else None
     todo, known, pending = features.split_by_cache(files, cache)
-    pending = len(listed) if pending is None else pending
+    pending = listed if pending is None else pending
     # One Python worker per task slot, each with as many engine threads as a task has cores.
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
     slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
     partitions = args.partitions or features.plan_partitions(pending, slots)
-    results = features.featurize_incremental(todo, known, args.images, broadcast, partitions, task_cpus)
+    results = features.featurize_incremental(todo, known, broadcast, partitions, task_cpus)
     # The counts and both outputs come from one evaluation: the model runs once per image.
     results.persist(StorageLevel.MEMORY_AND_DISK)
     if cache_at:
         logging.getLogger("featurize").info(
-            "%d of %d files to featurize; the others' contents are in the cache", pending, len(listed)
+            "%d of %d files to featurize; the others' contents are in the cache", pending, listed
         )
     job_started = time.time()
     phases["cache_lookup"] = job_started - started - phases["model"] - phases["listing"]
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
-        counts = features.count_outcomes(results)
+        results.count()
+    outcomes = features.outcomes(spark, results, listing, args.images)
+    counts = features.count_outcomes(outcomes)
     phases["featurize"] = time.time() - job_started
-    unread = []
-    if counts["inputs"] < len(listed):
-        unread = features.unread_files(spark, results, listed, args.images)
-        counts = {**counts, "inputs": len(listed), "quarantined": counts["quarantined"] + len(unread)}
-    features.featurized(results).write.mode("overwrite").parquet(args.features)
-    features.quarantined(results, unread).write.mode("overwrite").parquet(args.quarantine)
+    if counts["inputs"] != listed or counts["featurized"] + counts["quarantined"] != listed:
+        raise RuntimeError(f"accounting failed: {listed} listed inputs, outcomes {counts}")
+    features.featurized(outcomes).write.mode("overwrite").parquet(args.features)
+    features.quarantined(outcomes).write.mode("overwrite").parquet(args.quarantine)
     if cache_at:  # new files of the cache, written once this run's outputs are complete
         features.new_cache_rows(results).write.mode("append").parquet(cache_at)
     results.unpersist()
+    listing.unpersist()
     phases["write"] = time.time() - job_started - phases["featurize"]
 
     summary = {
         "step": "featurize",
         "images": args.images,
+        "inputs": args.inputs or None,
         "counts": counts,
         "weights": model_doc["weights"],
         "model": {key: model_doc[key] for key in ("model", "sha256", "converted", "seconds")},
@@ -108,11 +119,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
         "cache": cache_at,
         "limit": args.limit or None,
         # What the driver holds in memory because of the input's size (bench-scale checks it).
-        "driver": {
-            "listed_files": len(listed),
-            "listing_bytes": sum(len(uri.encode()) for uri in listed),
-            "unread_files": len(unread),
-        },
+        "driver": {"listed_files": listed, "listing_from_upload": bool(args.inputs)},
         "seconds": round(time.time() - started, 3),
         # Where the step's time went: Spark session start, reading the model, listing the images,
         # the cache lookup, the featurize job (Python workers, model, inference), the writes.

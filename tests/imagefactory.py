@@ -6,6 +6,9 @@ import io
 
 import numpy as np
 from PIL import Image
+from pillow_heif import register_heif_opener
+
+register_heif_opener()  # HEIC/HEIF files, as phones write them (saved too)
 
 
 def gradient(width: int = 100, height: int = 100, seed: int = 0) -> Image.Image:

@@ -93,9 +93,9 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, c
     assert manifest["counts"]["uploaded"] == 47
     quarantine = pd.read_parquet(local_path(manifest["outputs"]["quarantine"])).set_index("path").reason
     assert quarantine["Plum/empty.png"] == "empty file (0 bytes)"
-    assert quarantine["Plum/notes.txt"] == "unsupported file type '.txt'"
-    assert quarantine["Kiwi/truncated.jpg"].startswith("cannot decode image")
-    assert quarantine["Kiwi/readme.jpg"].startswith("cannot decode image")
+    assert quarantine["Plum/notes.txt"] == "not an image (unrecognised format)"
+    assert quarantine["Kiwi/truncated.jpg"].startswith("truncated JPEG")
+    assert quarantine["Kiwi/readme.jpg"] == "not an image (unrecognised format)"
     assert manifest["pca"]["variance_kept"] >= 0.95
     # The report task logs where the report is (the featurize step's progress lines reach the
     # task log through spark-submit's output: checked on real log files by tests/browser).

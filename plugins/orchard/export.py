@@ -144,8 +144,11 @@ def build_manifest(
             "uploaded": sync["uploaded"],
             "upload_skipped_unchanged": sync["skipped"],
             "upload_failed": len(sync["failed"]),
+            "upload_quarantined": len(sync.get("quarantined", {})),
+            "deleted_from_lake": sync.get("deleted", 0),
             "hidden_names_ignored": len(sync["ignored"]),
-            "accounted": counts["inputs"] == counts["featurized"] + counts["quarantined"],
+            # The source's listing against what came out: every listed file is a row of one output.
+            "accounted": sync["files"] == counts["inputs"] == counts["featurized"] + counts["quarantined"],
             "featurized_now": counts["featurized"] - counts.get("from_cache", 0),
         },
         "upload_failures": sync["failed"],
@@ -176,6 +179,12 @@ def export_run(
     pca = lake.read_json(run["pca_summary"])
     merge_stats = lake.merge_csv(pca["columns"], run["csv_parts"], run["csv"])
     manifest = build_manifest(run_id, run, sync, featurized, pca)
+    if not manifest["counts"]["accounted"]:
+        counts = manifest["counts"]
+        raise RuntimeError(
+            f"accounting failed: the source listed {counts['source_files']} files, the featurize step read "
+            f"{counts['inputs']}: {counts['featurized']} featurized + {counts['quarantined']} quarantined"
+        )
     if merge_stats:
         manifest["csv_merge"] = merge_stats
     lake.write_json(run["manifest"], manifest)

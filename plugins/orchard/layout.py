@@ -28,6 +28,8 @@ def run_layout(lake: str, dataset: str, run_id: str) -> dict[str, str]:
         "root": root,
         # Which ONNX model this run featurizes with, and the account of its weights.
         "inference_model": f"{root}/inference_model.json",
+        # What this run's source held when it was uploaded: the paths the featurize step reads.
+        "inputs": f"{root}/inputs",
         "features": f"{root}/features",
         "quarantine": f"{root}/quarantine",
         "featurize_summary": f"{root}/featurize.json",

@@ -26,7 +26,7 @@ ARCHITECTURES = ("X86_64", "AARCH64")
 # Node packages that do NOT publish wheels for every EC2 architecture (PyPI, 2026-11): the nodes
 # install --only-binary from the wheelhouse, so such a pin rules the other architecture out.
 # tensorflow-cpu publishes manylinux x86_64 wheels only; onnxruntime, numpy, pandas, pyarrow and
-# pillow publish x86_64 and aarch64 wheels; keras, fsspec and s3fs are pure Python.
+# pillow and pillow-heif publish x86_64 and aarch64 wheels; keras, fsspec and s3fs are pure Python.
 WHEEL_ARCHITECTURES = {"tensorflow-cpu": {"X86_64"}}
 KMS_NODE_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from orchard.storage import SyncReport, sync_each
+from orchard.storage import (
+    SyncReport,
+    check_source,
+    file_sha256,
+    name_problem,
+    os_reason,
+    sync_each,
+    walk_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +77,6 @@ def check_bucket(client: Any, bucket: str, prefix: str = "") -> None:
         raise
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def existing_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
     """Relative key -> size of the objects under a prefix (one listing, 1,000 keys a page)."""
     sizes = {}
@@ -95,31 +94,139 @@ def sync_to_s3(
     limit: int | None = None,
     workers: int = 16,
 ) -> SyncReport:
-    """Upload the files below `source` under `dest_uri`, skipping objects with equal size and SHA-256.
+    """Mirror the files below `source` under `dest_uri`, skipping objects with equal size and SHA-256.
 
-    Parallel (boto3's transfer manager per file, `workers` files at a time), streaming the
-    listing, with every object encrypted (`encryption`) and its SHA-256 kept in its metadata.
+    Parallel (boto3's transfer manager per file, `workers` files at a time), with every object
+    encrypted (`encryption`) and its SHA-256 kept in its metadata. Objects of files gone from the
+    source are deleted: the lake's copy of a dataset is the source as of the last upload.
     """
+    check_source(source)
     bucket, prefix = split_uri(dest_uri)
     check_bucket(client, bucket, prefix)
     sizes = existing_sizes(client, bucket, prefix)
     transfer = TransferConfig(max_concurrency=4, multipart_threshold=64 * 1024 * 1024)
 
-    def one(rel: str) -> tuple[str, str, int | str]:
+    def one(rel: str) -> tuple[str, str, int | str, str | None]:
         path, key = source / rel, f"{prefix}/{rel}"
-        try:
+        try:  # what the source gives: a file that cannot be read is quarantined, not fatal
             size, digest = path.stat().st_size, file_sha256(path)
+        except OSError as exc:
+            return rel, "quarantined", f"cannot be read: {os_reason(exc)}", None
+        try:
             if sizes.get(rel) == size:
                 head = client.head_object(Bucket=bucket, Key=key)
                 if head.get("Metadata", {}).get(SHA256_META) == digest:
-                    return rel, "skipped", 0
+                    return rel, "skipped", size, digest
             extra = {**encryption, "Metadata": {SHA256_META: digest}}
             client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=transfer)
-            return rel, "uploaded", size
+            return rel, "uploaded", size, digest
         except (OSError, client.exceptions.ClientError) as exc:
-            return rel, "failed", f"{type(exc).__name__}: {exc}"
+            return rel, "failed", f"{type(exc).__name__}: {exc}", None
 
-    return sync_each(source, dest_uri, one, limit, workers)
+    return sync_each(
+        walk_source(source), dest_uri, one, limit, workers, _deleter(client, bucket, prefix, sizes)
+    )
+
+
+def _deleter(client: Any, bucket: str, prefix: str, sizes: Mapping[str, int]) -> Any:
+    """delete(kept) for sync_each: removes the objects under `prefix` whose relative key is not kept."""
+
+    def delete(kept: set[str]) -> int:
+        gone = sorted(rel for rel in sizes if rel not in kept)
+        for start in range(0, len(gone), 1000):  # DeleteObjects takes up to 1,000 keys
+            batch = [{"Key": f"{prefix}/{rel}"} for rel in gone[start : start + 1000]]
+            result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            if result.get("Errors"):
+                raise OSError(f"could not delete {len(result['Errors'])} objects: {result['Errors'][:3]}")
+        return len(gone)
+
+    return delete
+
+
+# Objects up to this size are copied with one CopyObject; larger ones in parts (UploadPartCopy),
+# which boto3's managed copy does. CopyObject's own limit is 5 GiB.
+COPY_THRESHOLD = 5 * 1024**3
+SOURCE_ETAG_META = "source-etag"
+
+
+def walk_s3(client: Any, uri: str) -> Iterator[tuple[str, str | None, int, str]]:
+    """(relative key, problem or None, size, ETag) of every object below an s3:// prefix, in key order.
+
+    "Folder" marker objects (keys ending in '/') are not files and are left out.
+    """
+    bucket, prefix = split_uri(uri)
+    start = f"{prefix}/" if prefix else ""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(start) :]
+            if rel and not rel.endswith("/"):
+                yield rel, name_problem(rel), obj["Size"], obj["ETag"]
+
+
+def check_s3_source(client: Any, uri: str) -> None:
+    """Fail early, with the URI in the message, when an s3:// source cannot feed a run."""
+    from orchard.storage import is_hidden
+
+    bucket, prefix = split_uri(uri)
+    check_bucket(client, bucket, prefix)
+    if not any(not is_hidden(rel) for rel, *_ in walk_s3(client, uri)):
+        raise ValueError(f"source {uri!r} holds no objects")
+
+
+def sync_s3_to_s3(
+    source_uri: str,
+    dest_uri: str,
+    client: Any,
+    encryption: Mapping[str, str],
+    limit: int | None = None,
+    workers: int = 16,
+    copy_threshold: int = COPY_THRESHOLD,
+) -> SyncReport:
+    """Mirror the objects below an s3:// source prefix under `dest_uri`, copied inside S3.
+
+    The bytes never pass through this process: CopyObject (UploadPartCopy above `copy_threshold`),
+    encrypted like every lake write, with S3 computing the copy's SHA-256 (ChecksumAlgorithm) where
+    it can, kept in the object's metadata with the source's ETag. An object whose source ETag and
+    size are unchanged is skipped; objects of keys gone from the source are deleted.
+    """
+    check_s3_source(client, source_uri)
+    src_bucket, src_prefix = split_uri(source_uri)
+    bucket, prefix = split_uri(dest_uri)
+    check_bucket(client, bucket, prefix)
+    sizes = existing_sizes(client, bucket, prefix)
+    objects = {rel: (size, etag) for rel, _, size, etag in walk_s3(client, source_uri)}
+    part = max(MIN_PART, min(copy_threshold, 512 * 1024 * 1024))
+    transfer = TransferConfig(multipart_threshold=copy_threshold, multipart_chunksize=part)
+
+    def one(rel: str) -> tuple[str, str, int | str, str | None]:
+        size, etag = objects[rel]
+        key = f"{prefix}/{rel}"
+        source = {"Bucket": src_bucket, "Key": f"{src_prefix}/{rel}" if src_prefix else rel}
+        try:
+            if sizes.get(rel) == size:
+                meta = client.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+                if meta.get(SOURCE_ETAG_META) == etag:
+                    return rel, "skipped", size, meta.get(SHA256_META)
+            if size <= copy_threshold:
+                result = client.copy_object(
+                    CopySource=source, Bucket=bucket, Key=key, MetadataDirective="REPLACE",
+                    Metadata={SOURCE_ETAG_META: etag}, ChecksumAlgorithm="SHA256", **encryption,
+                )  # fmt: skip
+                checksum = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
+                digest = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+            else:  # multipart: S3's checksum is then one of the parts, not the object's SHA-256
+                extra = {**encryption, "Metadata": {SOURCE_ETAG_META: etag}, "MetadataDirective": "REPLACE"}
+                client.copy(source, bucket, key, ExtraArgs=extra, Config=transfer)
+                digest = None
+            return rel, "uploaded", size, digest
+        except client.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"NoSuchKey", "404"}:  # deleted from the source since the listing
+                return rel, "quarantined", "removed from the source during the upload", None
+            return rel, "failed", f"{type(exc).__name__}: {exc}", None
+
+    entries = ((rel, problem) for rel, problem, _, _ in walk_s3(client, source_uri))
+    return sync_each(entries, dest_uri, one, limit, workers, _deleter(client, bucket, prefix, sizes))
 
 
 def plan_merge(header_len: int, objects: Iterable[tuple[str, int]], min_part: int = MIN_PART) -> list:

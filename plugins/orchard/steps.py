@@ -23,6 +23,7 @@ def featurize_args(run: Mapping[str, Any]) -> list[Any]:
         "--quarantine", run["quarantine"],
         "--summary", run["featurize_summary"],
         "--model", run["inference_model"],
+        "--inputs", run["inputs"],
         "--partitions", "{{ params.partitions or 0 }}",
         "--limit", "{{ params.limit or 0 }}",
         "--cache", run["cache"],

@@ -21,7 +21,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from orchard_jobs.images import UndecodableImage, decode_image, label_for, relative_path, unsupported_reason
+from orchard_jobs.images import UndecodableImage, decode_image, label_for, relative_path
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ QUARANTINE_TYPE = T.StructType(
     [T.StructField(name, T.StringType(), True) for name in ("path", "label", "reason")]
 )
 
+# A run's input listing, made by its upload (orchard.storage): every file the source held, by path
+# relative to the images folder, with its size and SHA-256, or the reason it cannot be an input
+# (a name that cannot be represented, a broken link, an unreadable file...). The featurize step
+# reads exactly these paths, and every row ends in the features or the quarantine.
+INPUT_TYPE = T.StructType(
+    [
+        T.StructField("path", T.StringType(), False),
+        T.StructField("size", T.LongType(), True),
+        T.StructField("sha256", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+    ]
+)
+
 # One featurizer (an ONNX Runtime session) per Python worker process, keyed by the model's
 # SHA-256. Spark reuses Python workers across tasks (and jobs), so a session is opened once per
 # worker, not per task. The key is the model's content, never an object's identity: a recycled id
@@ -82,22 +95,22 @@ def featurizer_for(model: Any, digest: str, threads: int = 0) -> tuple[Any, bool
     return _FEATURIZERS[digest], True
 
 
-def featurize_records(featurizer: Any, root: str, paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
-    """Decode and featurize one batch of files; undecodable ones get a reason instead of features."""
-    rel_paths = [relative_path(p, root) for p in paths]
+def featurize_records(featurizer: Any, paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
+    """Decode and featurize one batch of files (paths relative to the images folder).
+
+    What a file is comes from its bytes alone, never its name, so the same content gets the same
+    outcome under any name, fresh or from the cache. Undecodable files get a reason instead.
+    """
+    rel_paths = list(paths)
     reasons: list[str | None] = [None] * len(rel_paths)
     images: list[np.ndarray] = []
     decoded: list[int] = []
-    for i, (rel, content) in enumerate(zip(rel_paths, contents, strict=True)):
-        reason = unsupported_reason(rel)
-        if reason is None:
-            try:
-                images.append(decode_image(content))
-                decoded.append(i)
-                continue
-            except UndecodableImage as exc:
-                reason = str(exc)
-        reasons[i] = reason
+    for i, content in enumerate(contents):
+        try:
+            images.append(decode_image(content))
+            decoded.append(i)
+        except UndecodableImage as exc:
+            reasons[i] = str(exc)
     features: list[np.ndarray | None] = [None] * len(rel_paths)
     if images:
         vectors = featurizer(np.stack(images))
@@ -119,35 +132,124 @@ def _as_path_column(uri: str) -> str:
     return "file:/" + raw[len("file:///") :] if raw.startswith("file:///") else raw
 
 
-def read_images(spark: SparkSession, uri: str, limit: int | None = None) -> tuple[DataFrame, list[str]]:
-    """All files below `uri` (recursively) as (path, content), and the sorted list of those paths.
+def _qualified(spark: SparkSession, uri: str) -> str:
+    """`uri` as binaryFile's path column spells the files below it (Hadoop's qualified path)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return str(fs.makeQualified(path).toString()).rstrip("/")
 
-    The list comes from the file listing, which also holds the files the scan never returns
-    (zero-byte files), so the caller can account for every one. `limit` keeps the first N paths.
+
+def scan_files(spark: SparkSession, root: str) -> DataFrame:
+    """(path relative to `root`, content) of the files below `root`, read lazily by binaryFile."""
+    prefix = _qualified(spark, root) + "/"
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    rel = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
+    return files.select(rel.alias("path"), "content")
+
+
+def read_inputs(spark: SparkSession, uri: str) -> DataFrame:
+    """A run's input listing (INPUT_TYPE Parquet, written by its upload)."""
+    return spark.read.schema(INPUT_TYPE).parquet(uri)
+
+
+def listing_from_scan(spark: SparkSession, root: str) -> DataFrame:
+    """Without an upload's listing: every file below `root` that Spark lists (sizes unknown).
+
+    The paths pass through the driver (one string per file, as Spark's own file index holds them).
     """
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uri)
-    listed = sorted(_as_path_column(u) for u in files.inputFiles())
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    paths = sorted(relative_path(_as_path_column(uri), root) for uri in files.inputFiles())
+    return spark.createDataFrame([(p, None, None, None) for p in paths], INPUT_TYPE)
+
+
+def read_images(
+    spark: SparkSession, root: str, inputs: str | None = None, limit: int | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """(path, content) of a run's readable inputs below `root`, and the run's input listing.
+
+    The listing is the upload's (`inputs`), or every file Spark lists below `root`. Only listed
+    paths are read: files the lake holds beyond them are not inputs. `limit` keeps the first N
+    listed paths.
+    """
+    listing = read_inputs(spark, inputs) if inputs else listing_from_scan(spark, root)
     if limit:
-        listed = listed[:limit]
-        files = files.where(F.col("path").isin(listed))
-    return files.select("path", "content"), listed
+        listing = listing.orderBy("path").limit(limit)
+    readable = listing.where(F.col("reason").isNull()).select("path")
+    files = scan_files(spark, root).join(F.broadcast(readable), "path", "left_semi")
+    return files, listing
 
 
-def unread_files(spark: SparkSession, results: DataFrame, listed: list[str], root: str) -> list[tuple]:
-    """Quarantine rows for listed files that the scan did not return, with the reason."""
-    seen = {row.path for row in results.select("path").collect()}
+def outcomes(spark: SparkSession, results: DataFrame, listing: DataFrame, root: str) -> DataFrame:
+    """`results` of the listed files, with one row more for each listed file that has none.
+
+    Those are the files the upload could not take (the listing's reason), files missing from the
+    lake (or never returned by Spark's scan: empty files), and files whose bytes in the lake are
+    not the ones the upload listed (changed since). Every listed path ends in exactly one row.
+    """
+    listed = listing.select("path", F.col("sha256").alias("listed_sha256"))
+    changed = F.col("listed_sha256").isNotNull() & (F.col("sha256") != F.col("listed_sha256"))
+    checked = (
+        results.join(F.broadcast(listed), "path", "left")
+        .withColumn("features", F.when(changed, F.lit(None)).otherwise(F.col("features")))
+        .withColumn(
+            "reason",
+            F.when(
+                changed, F.lit("changed in the lake after this run's upload listed it: run again")
+            ).otherwise(F.col("reason")),
+        )
+        .drop("listed_sha256")
+    )
+    missing = listing.join(results.select("path"), "path", "left_anti")
+    unsized = [row.path for row in missing.where(F.col("size").isNull() & F.col("reason").isNull()).collect()]
+    sizes = _sizes(spark, root, unsized)
+    size = F.col("size")
+    if sizes:
+        size = F.coalesce(size, F.udf(_untyped(sizes.get), T.LongType())("path"))
+    reason = (
+        F.when(F.col("reason").isNotNull(), F.col("reason"))
+        .when(size == 0, F.lit("empty file (0 bytes)"))
+        .otherwise(F.lit("missing from the lake: removed after this run's upload listed it"))
+    )
+    extra = missing.select(
+        "path",
+        F.lit(None).cast("string").alias("label"),
+        F.lit(None).cast(T.ArrayType(T.FloatType(), False)).alias("features"),
+        reason.alias("reason"),
+        F.lit(False).alias("model_built"),
+        F.lit(None).cast("int").alias("worker"),
+        "sha256",
+        F.lit(False).alias("from_cache"),
+    )
+    label = F.udf(_untyped(label_for), T.StringType())
+    extra = extra.withColumn("label", label("path"))
+    return checked.select(*RESULT_TYPE.fieldNames()).unionByName(extra)
+
+
+def _untyped(fn: Any) -> Any:
+    """`fn` without type hints: pyspark reads hints as a request for a pandas UDF, and warns."""
+
+    def call(value):
+        return fn(value)
+
+    return call
+
+
+def _sizes(spark: SparkSession, root: str, paths: list[str]) -> dict[str, int]:
+    """Sizes of the few listed files Spark's scan did not return, when the listing has none.
+
+    Asked of Hadoop's FileSystem on the driver, one call per file: these are the empty files of a
+    listing made by Spark itself (its scan skips them), not the inputs at large.
+    """
     hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    rows = []
-    for uri in listed:
-        rel = relative_path(uri, root)
-        if rel in seen:
-            continue
-        path = hadoop_path(uri)
-        size = path.getFileSystem(conf).getFileStatus(path).getLen()
-        reason = "empty file (0 bytes)" if size == 0 else f"not returned by Spark's file scan ({size} bytes)"
-        rows.append((rel, label_for(rel), reason))
-    return rows
+    sizes = {}
+    for rel in paths:
+        path = hadoop_path(f"{root.rstrip('/')}/{rel}")
+        fs = path.getFileSystem(conf)
+        if fs.exists(path):
+            sizes[rel] = int(fs.getFileStatus(path).getLen())
+    return sizes
 
 
 def plan_partitions(images: int, slots: int, per_task: int = IMAGES_PER_TASK) -> int:
@@ -162,7 +264,7 @@ def plan_partitions(images: int, slots: int, per_task: int = IMAGES_PER_TASK) ->
     return slots * rounds
 
 
-def featurize(files: DataFrame, root: str, model: Any, partitions: int, threads: int = 0) -> DataFrame:
+def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -> DataFrame:
     """(path, content) -> RESULT_TYPE rows (path, label, features, reason, ...): one row per file.
 
     `model`: the serialized ONNX model (bytes, or a broadcast of them). `threads`: engine threads
@@ -187,7 +289,7 @@ def featurize(files: DataFrame, root: str, model: Any, partitions: int, threads:
 
         for paths, contents in batches:
             started = time.perf_counter()
-            records = featurize_records(infer, root, paths, contents)
+            records = featurize_records(infer, paths, contents)
             inferred = records["reason"].isna()
             records["model_built"] = False
             if state["built"] and inferred.any():  # counted once, on the first featurized row
@@ -245,17 +347,16 @@ def split_by_cache(
 
 
 def featurize_incremental(
-    todo: DataFrame, known: DataFrame | None, root: str, model: Any, partitions: int, threads: int = 0
+    todo: DataFrame, known: DataFrame | None, model: Any, partitions: int, threads: int = 0
 ) -> DataFrame:
     """featurize() on the files to compute, plus one row per cached file with the cached features."""
-    computed = featurize(todo, root, model, partitions, threads)
+    computed = featurize(todo, model, partitions, threads)
     if known is None:
         return computed
 
     @F.pandas_udf(LOCATION_TYPE)
     def _locate(paths: pd.Series) -> pd.DataFrame:
-        rel_paths = [relative_path(p, root) for p in paths]
-        return pd.DataFrame({"path": rel_paths, "label": [label_for(p) for p in rel_paths]})
+        return pd.DataFrame({"path": paths, "label": [label_for(p) for p in paths]})
 
     cached = known.select(
         _locate("path").alias("where"),
@@ -280,13 +381,9 @@ def featurized(results: DataFrame) -> DataFrame:
     return results.where(F.col("reason").isNull()).select("path", "label", "features")
 
 
-def quarantined(results: DataFrame, unread: list[tuple] | None = None) -> DataFrame:
-    """Rows without features, plus the files the scan never returned: the quarantine output."""
-    rows = results.where(F.col("reason").isNotNull()).select("path", "label", "reason")
-    if unread:
-        spark = results.sparkSession
-        rows = rows.unionByName(spark.createDataFrame(unread, QUARANTINE_TYPE))
-    return rows
+def quarantined(results: DataFrame) -> DataFrame:
+    """Rows without features, each with its reason: the quarantine output."""
+    return results.where(F.col("reason").isNotNull()).select("path", "label", "reason")
 
 
 def count_outcomes(results: DataFrame) -> dict[str, int]:

@@ -8,37 +8,47 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+# HEIC/HEIF (phone photos) through Pillow's own API.
+register_heif_opener()
 
 IMAGE_SIZE = 224
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What an input may be, decided from its bytes (Pillow's format detection), never from its name:
+# a JPEG named .png is a JPEG, a text file named .jpg is not an image. MPO is the multi-picture
+# JPEG some phones write; GIF and multi-page TIFF use their first frame.
+IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF"})
 UNLABELLED = "_unlabelled"
 # Fruits-360 photos are 100x100; a phone photo is ~12 MP. Anything far beyond is refused before
 # decoding, so a decompression bomb costs a header read, not gigabytes of RAM.
 MAX_PIXELS = 64_000_000
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$")
+# DOTALL: a file name may hold a newline, and the path after the scheme is taken whole.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.DOTALL)
 
 
 class UndecodableImage(ValueError):
     """An input that cannot become a model input; the message is the quarantine reason."""
 
 
-def unsupported_reason(path: str) -> str | None:
-    """Why a file is not an image input by its name, or None when its extension is supported."""
-    ext = posixpath.splitext(path)[1]
-    if ext.lower() in IMAGE_EXTENSIONS:
-        return None
-    return f"unsupported file type {ext!r}" if ext else "unsupported file type (no extension)"
-
-
 def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode JPEG/PNG bytes to a (size, size, 3) uint8 RGB array; raise UndecodableImage."""
+    """Decode image bytes to a (size, size, 3) uint8 RGB array; raise UndecodableImage.
+
+    The reason of an UndecodableImage is for people: stable across runs (no object reprs or
+    addresses) and saying what is wrong with the file.
+    """
     if not data:
         raise UndecodableImage("empty file (0 bytes)")
+    fmt = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format
+                if fmt not in IMAGE_FORMATS:
+                    raise UndecodableImage(
+                        f"unsupported image format ({fmt}); supported: {', '.join(sorted(IMAGE_FORMATS))}"
+                    )
                 if img.width * img.height > MAX_PIXELS:
                     raise UndecodableImage(
                         f"image too large: {img.width}x{img.height} pixels exceeds {MAX_PIXELS} "
@@ -51,10 +61,41 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
                 return np.asarray(rgb, dtype=np.uint8)
     except UndecodableImage:
         raise
+    except UnidentifiedImageError as exc:
+        if _sniff(data):  # starts like an image of ours, but Pillow cannot even read its header
+            raise UndecodableImage(_decode_failure(None, data, exc)) from exc
+        raise UndecodableImage("not an image (unrecognised format)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UndecodableImage(f"decompression bomb refused: {exc}") from exc
+        raise UndecodableImage(f"decompression bomb refused ({fmt or 'image'} of too many pixels)") from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
-        raise UndecodableImage(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(_decode_failure(fmt, data, exc)) from exc
+
+
+# File signatures, only to name the format of a file Pillow gave up on before saying what it was.
+_SIGNATURES = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF8", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WEBP"),
+    (4, b"ftyp", "HEIF"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format a file's first bytes announce, if one of ours."""
+    return next((name for at, magic, name in _SIGNATURES if data[at : at + len(magic)] == magic), None)
+
+
+def _decode_failure(fmt: str | None, data: bytes, exc: Exception) -> str:
+    """A stable, human reason for a file that announces an image but cannot be decoded."""
+    kind = fmt or _sniff(data) or "image"
+    # Pillow's own words when the data stops early (ImageFile.load); anything else is corrupt data.
+    if str(exc).startswith("image file is truncated"):
+        return f"truncated {kind} (the file ends before the image does: an interrupted copy or download?)"
+    return f"corrupt {kind} (the image data cannot be decoded)"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -32,11 +32,11 @@ def bomb_png() -> bytes:
 
 FILES = {
     # name: (bytes, expected quarantine reason prefix or None when it must be featurized)
-    "Kiwi/corrupt.jpg": (b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(3000), "cannot decode image"),
-    "Kiwi/truncated.jpg": (truncated_jpeg(), "cannot decode image"),
+    "Kiwi/corrupt.jpg": (b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(3000), "corrupt JPEG"),
+    "Kiwi/truncated.jpg": (truncated_jpeg(), "truncated JPEG"),
     "Kiwi/zero bytes.jpg": (b"", "empty file (0 bytes)"),
-    "Kiwi/a text file.jpg": (b"I am text, named like a JPEG\n", "cannot decode image"),
-    "Kiwi/notes.txt": (b"not an image", "unsupported file type '.txt'"),
+    "Kiwi/a text file.jpg": (b"I am text, named like a JPEG\n", "not an image (unrecognised format)"),
+    "Kiwi/notes.txt": (b"not an image", "not an image (unrecognised format)"),
     "Plum/alpha.png": (encode(gradient(60, 60).convert("RGBA"), "PNG"), None),
     "Plum/sixteen bit.png": (encode(Image.new("I;16", (40, 40), 40000), "PNG"), None),
     "Plum/palette.png": (encode(gradient(50, 50).convert("P"), "PNG"), None),
@@ -94,3 +94,65 @@ def test_labels_come_from_folders_and_root_files_are_labelled_explicitly(outcome
     assert labels["Odd names/ünïcödé 果物 🍎.jpg"] == "Odd names"
     assert labels["in the root.jpg"] == "_unlabelled"
     assert labels["Kiwi/zero bytes.jpg"] == "Kiwi"
+
+
+def test_the_upload_listing_is_read_exactly_whatever_else_the_lake_holds(spark, tmp_path):
+    """Upload (listing) then featurize: every listed entry of an odd folder ends in one output."""
+    from orchard.storage import listing_parquet, sync_folder
+    from tests.sources import EXPECTED, odd_source
+
+    images, out = tmp_path / "lake" / "images", tmp_path / "run"
+    report = sync_folder(odd_source(tmp_path), images)
+    (out / "inputs").mkdir(parents=True)
+    (out / "inputs" / "part-00000.parquet").write_bytes(listing_parquet(report.inputs))
+    # What the lake holds beyond the listing is not an input: a stray file, and a listed file whose
+    # bytes changed after the upload listed them.
+    (images / "Apple" / "stray.jpg").write_bytes(jpeg(9))
+    (images / "Apple" / "ok.jpg").write_bytes(jpeg(10))
+    step = featurize_step()
+    argv = [*step_argv(images, out, "random:1"), "--inputs", f"file://{out}/inputs"]
+    summary = step.run(spark, step.parse_args(argv))
+    good, bad = pd.read_parquet(out / "features"), pd.read_parquet(out / "quarantine")
+    assert sorted([*good.path, *bad.path]) == sorted(EXPECTED)
+    assert summary["counts"]["inputs"] == len(EXPECTED) == len(good) + len(bad)
+    reasons = bad.set_index("path").reason.to_dict()
+    expected = {path: reason for path, reason in EXPECTED.items() if reason}
+    expected["Apple/ok.jpg"] = "changed in the lake after this run's upload listed it: run again"
+    assert reasons == expected
+    assert set(good.path) == {p for p, reason in EXPECTED.items() if reason is None} - {"Apple/ok.jpg"}
+
+
+PHONE = {
+    "HEIC": encode(gradient(80, 60, seed=31), "HEIF", quality=90),
+    "WEBP": encode(gradient(80, 60, seed=32), "WEBP"),
+    "TIFF": encode(gradient(80, 60, seed=33), "TIFF"),
+    "BMP": encode(gradient(80, 60, seed=34), "BMP"),
+    "GIF": encode(gradient(80, 60, seed=35).convert("P"), "GIF"),
+}
+
+
+def test_phone_formats_and_names_decided_by_content(spark, tmp_path):
+    """Every format users have featurizes, whatever its extension; a corrupt one of each is quarantined.
+    A cache that knows a content gives it the same outcome as a fresh run."""
+    images = tmp_path / "images"
+    files = {f"Phone/photo.{fmt.lower()}": data for fmt, data in PHONE.items()}
+    files |= {f"Phone/broken.{fmt.lower()}": data[: len(data) // 3] for fmt, data in PHONE.items()}
+    files["Phone/jpeg named.png"] = jpeg(40)
+    files["Phone/bitmap named.JPG"] = PHONE["BMP"]
+    for rel, data in files.items():
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        (images / rel).write_bytes(data)
+    step = featurize_step()
+    outcomes = []
+    for attempt in ("fresh", "cached"):
+        out = tmp_path / attempt
+        step.run(spark, step.parse_args(step_argv(images, out, "random:1", cache=tmp_path / "cache")))
+        good, bad = pd.read_parquet(out / "features"), pd.read_parquet(out / "quarantine")
+        outcomes.append((sorted(good.path), bad.set_index("path").reason.to_dict()))
+    assert outcomes[0] == outcomes[1]
+    good, reasons = outcomes[0]
+    assert good == sorted(
+        [*(f"Phone/photo.{f.lower()}" for f in PHONE), "Phone/jpeg named.png", "Phone/bitmap named.JPG"]
+    )
+    assert sorted(reasons) == sorted(f"Phone/broken.{f.lower()}" for f in PHONE)
+    assert all(("corrupt" in r or "truncated" in r) and "0x" not in r for r in reasons.values()), reasons

@@ -33,12 +33,12 @@ def image_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def outcome(spark, image_dir):
     uri = f"file://{image_dir}"
-    files, listed = features.read_images(spark, uri)
-    results = features.featurize(files, uri, spark.sparkContext.broadcast(onnx_model(5)), partitions=3)
+    files, listing = features.read_images(spark, uri)
+    results = features.featurize(files, spark.sparkContext.broadcast(onnx_model(5)), partitions=3)
     results = results.withColumn("partition", F.spark_partition_id()).cache()
     rows = results.collect()
-    unread = features.unread_files(spark, results, listed, uri)
-    return rows, listed, unread
+    every = features.outcomes(spark, results.drop("partition"), listing, uri).collect()
+    return rows, [r.path for r in listing.collect()], every
 
 
 def test_features_equal_in_process_keras_across_partitions(outcome, image_dir):
@@ -61,20 +61,19 @@ def test_features_equal_in_process_keras_across_partitions(outcome, image_dir):
 
 
 def test_every_file_is_featurized_or_quarantined_with_a_reason(outcome, image_dir):
-    rows, listed, unread = outcome
+    _, listed, every = outcome
     on_disk = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
-    seen = [r.path for r in rows] + [u[0] for u in unread]
-    assert sorted(seen) == sorted(on_disk)
+    assert sorted(r.path for r in every) == sorted(on_disk)
     assert len(listed) == len(on_disk)
 
-    reasons = {r.path: r.reason for r in rows if r.reason is not None}
-    reasons.update({path: reason for path, _, reason in unread})
+    reasons = {r.path: r.reason for r in every if r.reason is not None}
     assert reasons == {
         "Kiwi/broken, truncated.jpg": reasons["Kiwi/broken, truncated.jpg"],
-        "Kiwi/notes.txt": "unsupported file type '.txt'",
+        "Kiwi/notes.txt": "not an image (unrecognised format)",
         "Plum/empty.JPG": "empty file (0 bytes)",
     }
-    assert reasons["Kiwi/broken, truncated.jpg"].startswith("cannot decode image")
+    assert reasons["Kiwi/broken, truncated.jpg"].startswith("truncated JPEG")
+    assert {r.label for r in every if r.path == "Plum/empty.JPG"} == {"Plum"}
 
 
 def test_labels_are_folder_names(outcome):
@@ -89,7 +88,7 @@ def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir
     uri = f"file://{image_dir}"
     files, _ = features.read_images(spark, uri)
     fresh = onnx_model(6, batchnorm=False)  # a model no worker has a session for yet
-    results = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
+    results = features.featurize(files, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     # Counted from the data: the model_built column is computed with the features themselves.
     assert results.select(F.spark_partition_id()).distinct().count() == 6  # six tasks ran...
     # ...on local[2]'s at most two reused Python workers: exactly one model each.
@@ -97,7 +96,7 @@ def test_the_model_is_built_once_per_python_worker_not_per_task(spark, image_dir
     assert 1 <= counts["model_builds"] <= 2
     assert counts["model_builds"] == counts["python_workers"]
     # Same model again: the workers' sessions are reused, none is opened.
-    again = features.featurize(files, uri, spark.sparkContext.broadcast(fresh), partitions=6).cache()
+    again = features.featurize(files, spark.sparkContext.broadcast(fresh), partitions=6).cache()
     assert features.count_outcomes(again)["model_builds"] == 0
 
 
@@ -117,25 +116,26 @@ def test_python_workers_never_import_tensorflow(spark, outcome):
 
 def test_limit_takes_the_first_paths(spark, image_dir):
     uri = f"file://{image_dir}"
-    files, listed = features.read_images(spark, uri, limit=5)
+    files, listing = features.read_images(spark, uri, limit=5)
+    listed = sorted(r.path for r in listing.collect())
     assert len(listed) == 5
     assert sorted(r.path for r in files.select("path").collect()) == listed
 
 
 def test_outputs_split_by_reason(spark, outcome):
-    rows, _, unread = outcome
+    _, _, every = outcome
     results = spark.createDataFrame(
-        [tuple(r[name] for name in features.RESULT_TYPE.fieldNames()) for r in rows], features.RESULT_TYPE
+        [tuple(r[name] for name in features.RESULT_TYPE.fieldNames()) for r in every], features.RESULT_TYPE
     )
     good = features.featurized(results)
-    bad = features.quarantined(results, unread)
+    bad = features.quarantined(results)
     assert good.columns == ["path", "label", "features"]
     assert bad.columns == ["path", "label", "reason"]
-    assert good.count() + bad.count() == len(rows) + len(unread)
+    assert good.count() + bad.count() == len(every)
     counts = features.count_outcomes(results)
-    assert counts["inputs"] == len(rows)
+    assert counts["inputs"] == len(every)
     assert counts["featurized"] == good.count()
-    assert counts["quarantined"] == len(rows) - good.count()
+    assert counts["quarantined"] == len(every) - good.count()
 
 
 def test_partitions_are_a_multiple_of_the_slots_with_bounded_tasks():
