@@ -330,7 +330,7 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
 
     def spark_pipeline():
         files, _ = features.read_images(spark, uri)
-        results = features.featurize(files, uri, broadcast, partitions, threads=1)
+        results = features.featurize(files, broadcast, partitions, threads=1)
         # Summing the features' lengths forces the UDF on every row (a count() would skip it).
         return results.agg(F.sum(F.size("features"))).first()[0]
 
@@ -348,7 +348,7 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
 
     # The Spark path (ONNX Runtime in the workers) computes the same numbers as plain Keras.
     files, _ = features.read_images(spark, uri)
-    got = features.featurize(files, uri, broadcast, partitions, threads=1).select("path", "features")
+    got = features.featurize(files, broadcast, partitions, threads=1).select("path", "features")
     by_path = {r.path: r.features for r in got.collect()}
     order = [p.relative_to(images).as_posix() for p in paths]
     spark_features = np.array([by_path[p] for p in order], dtype=np.float32)
@@ -639,8 +639,8 @@ def scale_report(scale: dict) -> str:
             f"| {row['images']} | {row['wall_s']} s | {row['img_s']:.1f} | {marginal} "
             f"| {row['peak_rss_gib']} GiB "
             f"| {row['peak_driver_gib']} GiB | {row['peak_python_workers_gib']} GiB "
-            f"| {row['peak_python_worker_gib']} GiB | {driver.get('listed_files')} paths, "
-            f"{driver.get('listing_bytes', 0) / 2**20:.1f} MiB; {driver.get('unread_files')} unread |"
+            f"| {row['peak_python_worker_gib']} GiB | {driver.get('listed_files')} paths "
+            f"({'the upload listing' if driver.get('listing_from_upload') else 'listed by Spark'}) |"
         )
     lines += ["", "| images | pca wall | peak tree | driver | workers |", "|---|---|---|---|---|"]
     lines += [

@@ -18,8 +18,6 @@ from tests.imagefactory import encode, gradient
 
 pytestmark = pytest.mark.e2e
 
-ODD = "Apple/new\nline.jpg"
-
 
 def phone_photos(folder: Path) -> dict[str, bytes]:
     """What a phone gives: HEIC, WebP, a JPEG stored sideways with EXIF rotation, a JPEG named .png."""
@@ -59,16 +57,17 @@ def test_a_source_that_lost_a_file_and_gained_an_odd_name(airflow_db, tmp_path, 
     assert manifest["counts"]["featurized"] == 16 and manifest["counts"]["quarantined"] == 0
     assert set(phone_photos(source)) <= set(features.path)  # every phone photo featurized
     gone = sorted(p for p in features.path if p.startswith("Apple"))[0]
+    odd = gone.rsplit("/", 1)[0] + "/new\nline.jpg"
 
     (source / gone).unlink()
-    (source / ODD).write_bytes((source / "Phone" / "IMG_0003.jpg").read_bytes())
+    (source / odd).write_bytes((source / "Phone" / "IMG_0003.jpg").read_bytes())
     assert dag.test(run_conf=conf).state == "success"
     manifest, features, quarantine, rows = latest(lake)
     assert gone not in {row[0] for row in rows}
     assert gone not in set(features.path) | set(quarantine.path)
     assert not (lake / "images" / "phone_photos" / gone).exists()  # the lake mirrors the source
     assert quarantine.set_index("path").reason.to_dict() == {
-        ODD: "file name contains a control character (newline): rename the file"
+        odd: "file name contains a control character (newline): rename the file"
     }
     counts = manifest["counts"]
     assert counts["source_files"] == counts["inputs"] == 16 == counts["featurized"] + counts["quarantined"]

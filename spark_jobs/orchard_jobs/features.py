@@ -21,7 +21,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from orchard_jobs.images import UndecodableImage, decode_image, label_for, relative_path
+from orchard_jobs.images import UNLABELLED, UndecodableImage, decode_image, label_for, relative_path
 
 log = logging.getLogger(__name__)
 
@@ -203,17 +203,19 @@ def outcomes(spark: SparkSession, results: DataFrame, listing: DataFrame, root: 
     missing = listing.join(results.select("path"), "path", "left_anti")
     unsized = [row.path for row in missing.where(F.col("size").isNull() & F.col("reason").isNull()).collect()]
     sizes = _sizes(spark, root, unsized)
-    size = F.col("size")
-    if sizes:
-        size = F.coalesce(size, F.udf(_untyped(sizes.get), T.LongType())("path"))
+    if sizes:  # a join, not a Python UDF: no extra Python workers in the jobs that follow
+        found = spark.createDataFrame(sorted(sizes.items()), "path string, found_size long")
+        missing = missing.join(F.broadcast(found), "path", "left").withColumn(
+            "size", F.coalesce("size", "found_size")
+        )
     reason = (
         F.when(F.col("reason").isNotNull(), F.col("reason"))
-        .when(size == 0, F.lit("empty file (0 bytes)"))
+        .when(F.col("size") == 0, F.lit("empty file (0 bytes)"))
         .otherwise(F.lit("missing from the lake: removed after this run's upload listed it"))
     )
     extra = missing.select(
         "path",
-        F.lit(None).cast("string").alias("label"),
+        label_column("path").alias("label"),
         F.lit(None).cast(T.ArrayType(T.FloatType(), False)).alias("features"),
         reason.alias("reason"),
         F.lit(False).alias("model_built"),
@@ -221,18 +223,13 @@ def outcomes(spark: SparkSession, results: DataFrame, listing: DataFrame, root: 
         "sha256",
         F.lit(False).alias("from_cache"),
     )
-    label = F.udf(_untyped(label_for), T.StringType())
-    extra = extra.withColumn("label", label("path"))
     return checked.select(*RESULT_TYPE.fieldNames()).unionByName(extra)
 
 
-def _untyped(fn: Any) -> Any:
-    """`fn` without type hints: pyspark reads hints as a request for a pandas UDF, and warns."""
-
-    def call(value):
-        return fn(value)
-
-    return call
+def label_column(path: str) -> Column:
+    """images.label_for in SQL: the parent folder's name, or UNLABELLED for a file in the root."""
+    parent = F.substring_index(F.substring_index(F.col(path), "/", -2), "/", 1)
+    return F.when(F.instr(F.col(path), "/") == 0, F.lit(UNLABELLED)).otherwise(parent)
 
 
 def _sizes(spark: SparkSession, root: str, paths: list[str]) -> dict[str, int]:

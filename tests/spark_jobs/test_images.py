@@ -217,3 +217,11 @@ def test_label_is_the_parent_folder_name():
     assert label_for("Apple Golden 1/r_1.jpg") == "Apple Golden 1"
     assert label_for("batch 2/Kiwi/k.jpg") == "Kiwi"
     assert label_for("top.jpg") == UNLABELLED
+
+
+@pytest.mark.parametrize("rel", ["Kiwi/a.jpg", "top.jpg", "a/b/c.png", "Odd/new\nline.jpg", "x/"])
+def test_the_sql_label_equals_label_for(spark, rel):
+    from orchard_jobs.features import label_column
+
+    got = spark.createDataFrame([(rel,)], "path string").select(label_column("path")).first()[0]
+    assert got == label_for(rel)
