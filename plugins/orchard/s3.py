@@ -194,7 +194,8 @@ def sync_s3_to_s3(
     bucket, prefix = split_uri(dest_uri)
     check_bucket(client, bucket, prefix)
     sizes = existing_sizes(client, bucket, prefix)
-    objects = {rel: (size, etag) for rel, _, size, etag in walk_s3(client, source_uri)}
+    listed = list(walk_s3(client, source_uri))  # one listing of the source serves the copies and the sync
+    objects = {rel: (size, etag) for rel, _, size, etag in listed}
     part = max(MIN_PART, min(copy_threshold, 512 * 1024 * 1024))
     transfer = TransferConfig(multipart_threshold=copy_threshold, multipart_chunksize=part)
 
@@ -225,7 +226,7 @@ def sync_s3_to_s3(
                 return rel, "quarantined", "removed from the source during the upload", None
             return rel, "failed", f"{type(exc).__name__}: {exc}", None
 
-    entries = ((rel, problem) for rel, problem, _, _ in walk_s3(client, source_uri))
+    entries = ((rel, problem) for rel, problem, _, _ in listed)
     return sync_each(entries, dest_uri, one, limit, workers, _deleter(client, bucket, prefix, sizes))
 
 

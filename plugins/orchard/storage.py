@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -320,8 +321,6 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    import hashlib
-
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
