@@ -187,7 +187,7 @@ with DAG(
             raise OSError(f"{len(report.failed)} files could not be uploaded: {sorted(report.failed)[:5]}")
         return {**run, "sync": sync, "dataset": slug(source.name), "image_count": report.files}
 
-    @task
+    @task(multiple_outputs=True)
     def convert_model(run: dict) -> dict:
         """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
         from orchard.export import airflow_lake

@@ -136,7 +136,8 @@ def read_images(spark: SparkSession, uri: str, limit: int | None = None) -> tupl
 def unread_files(spark: SparkSession, results: DataFrame, listed: list[str], root: str) -> list[tuple]:
     """Quarantine rows for listed files that the scan did not return, with the reason."""
     seen = {row.path for row in results.select("path").collect()}
-    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped
+    hadoop_path = jvm.org.apache.hadoop.fs.Path
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     rows = []
     for uri in listed:
@@ -300,5 +301,6 @@ def count_outcomes(results: DataFrame) -> dict[str, int]:
         F.countDistinct("worker").alias("python_workers"),
         F.count(F.when(F.col("from_cache"), 1)).alias("from_cache"),
     ).first()
+    assert row is not None  # an aggregate without groups has exactly one row
     keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
     return {key: row[key] for key in keys}
