@@ -77,6 +77,7 @@ $(SPARK35_STAMP): bootstrap/requirements.txt Makefile
 lint: venv
 	$(VENV)/bin/ruff check dags plugins spark_jobs tests bench
 	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests bench
+	$(VENV)/bin/mypy  # plugins/ and spark_jobs/, as [tool.mypy] in pyproject.toml says
 
 venv: $(STAMP)
 
@@ -141,4 +142,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(SPARK35_VENV) .airflow lake data/sample .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SPARK35_VENV) .airflow lake data/sample .pytest_cache .ruff_cache .mypy_cache

@@ -62,7 +62,7 @@ with DAG(
     },
 ):
 
-    @task
+    @task(multiple_outputs=True)
     def forget() -> dict:
         """Erase the images and their derived rows; returns the erasure record (digests only)."""
         from orchard.export import airflow_lake

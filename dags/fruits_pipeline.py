@@ -179,7 +179,7 @@ with DAG(
         )
         return {**run, "sync": sync, "dataset": slug(source.rsplit("/", 1)[-1]), "image_count": report.files}
 
-    @task
+    @task(multiple_outputs=True)
     def convert_model(run: dict) -> dict:
         """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
         from orchard.export import airflow_lake

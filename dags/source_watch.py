@@ -31,7 +31,7 @@ if settings.schedule.lower() == "asset":
         default_args={"retries": 0},
     ):
 
-        @task(outlets=[source_asset(settings)])
+        @task(multiple_outputs=True, outlets=[source_asset(settings)])
         def detect_new_images() -> dict:
             """Succeed (and update the asset) only when the source folder changed."""
             from pathlib import Path

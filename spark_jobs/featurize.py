@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+from typing import Any, cast
 
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> None:
 def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | None = None) -> dict:
     """The featurize step on a running Spark session; returns the summary it wrote."""
     started = time.time()
-    phases = {"session": session_seconds}
+    phases: dict[str, Any] = {"session": session_seconds}
     model_doc = lake.read_json(spark, args.model)
     model = lake.read_bytes(spark, model_doc["model"])
     digest = engine.model_digest(model)
@@ -79,7 +80,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     todo, known, pending = features.split_by_cache(files, cache)
     pending = listed if pending is None else pending
     # One Python worker per task slot, each with as many engine threads as a task has cores.
-    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    task_cpus = int(cast(str, spark.conf.get("spark.task.cpus", "1")))  # with a default: never None
     slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
     partitions = args.partitions or features.plan_partitions(pending, slots)
     results = features.featurize_incremental(todo, known, broadcast, partitions, task_cpus)

@@ -6,7 +6,6 @@ read as data; its configuration then drives the DAG with moto's threaded server 
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import shutil
@@ -22,6 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from orchard.config import Settings
 from orchard.samples import generate
+from orchard.schedule import dag_schedule
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -49,15 +49,8 @@ def common_env(compose: dict) -> dict[str, str]:
 
 
 def variables_the_code_reads() -> set[str]:
-    """ORCHARD_* names read in orchard.config, found in its source."""
-    tree = ast.parse((ROOT / "plugins" / "orchard" / "config.py").read_text())
-    return {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant)
-        and isinstance(node.value, str)
-        and node.value.startswith("ORCHARD_")
-    }
+    """ORCHARD_* names orchard.config reads (tests/plugins/test_config.py proves each is read)."""
+    return set(Settings.variables().values())
 
 
 def test_validates_against_the_compose_specification():
@@ -133,6 +126,17 @@ def test_settings_and_connections_are_the_ones_the_code_reads(compose):
     assert settings.lake_on_s3
     assert settings.spark_lake.startswith("s3a://")
     assert json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]["endpoint_url"] == settings.s3_endpoint
+
+
+def test_the_stack_runs_the_pipeline_only_when_triggered(compose):
+    # DAGs start unpaused, so the default @daily would start a run as soon as the stack is up.
+    env = compose["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
+    assert env["ORCHARD_SCHEDULE"] == "${ORCHARD_SCHEDULE:-none}"
+    settings = Settings.from_env(common_env(compose))
+    assert settings.schedule == "none"
+    assert dag_schedule(settings) is None
+    assert Settings.from_env({}).schedule == "@daily"  # the choice is the stack's, not the default
 
 
 def test_no_secret_other_than_the_local_defaults(compose):

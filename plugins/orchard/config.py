@@ -1,6 +1,8 @@
 """Orchard's settings: `ORCHARD_*` environment variables with defaults for the local target.
 
-Read at DAG parse time, so this module does no I/O beyond reading the environment.
+Each setting is declared once, with its type and default; the variable is `ORCHARD_` + the field's
+name unless the field names another one (`validation_alias`). Read at DAG parse time, so this module
+does no I/O beyond reading the environment.
 """
 
 from __future__ import annotations
@@ -8,28 +10,35 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("local", "emr")
+Target = Literal["local", "emr"]
+TARGETS: tuple[str, ...] = get_args(Target)
+PREFIX = "ORCHARD_"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Everything that differs between a laptop and a cluster; never edited in code."""
 
-    target: str
-    lake: str
-    default_source: str
-    spark_conn_id: str
-    spark_jobs_dir: str
-    pyspark_python: str
-    spark_driver_memory: str
-    weights: str
-    weights_fallback: str
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, validate_default=True)
+
+    target: Target = "local"
+    lake: str = str(PROJECT_ROOT / "lake")
+    default_source: str = Field(str(PROJECT_ROOT / "data" / "sample"), validation_alias="ORCHARD_SOURCE")
+    spark_conn_id: str = "orchard_spark"
+    spark_jobs_dir: str = Field(str(PROJECT_ROOT / "spark_jobs"), validation_alias="ORCHARD_SPARK_JOBS")
+    pyspark_python: str = sys.executable
+    spark_driver_memory: str = "2g"
+    weights: str = "imagenet"
+    weights_fallback: str = "random"
     aws_conn_id: str = "aws_default"
-    region: str = "eu-west-1"
+    region: str = Field("eu-west-1", validation_alias="ORCHARD_AWS_REGION")
     # "@daily" (default), any cron expression or preset, "none" (manual runs only), or "asset":
     # a run whenever orchard_source_watch sees new or changed images in the source folder.
     schedule: str = "@daily"
@@ -43,6 +52,7 @@ class Settings:
     emr_instance_profile: str = "EMR_EC2_DefaultRole"
     emr_subnet_id: str | None = None
     emr_security_configuration: str | None = None
+    # Empty: `{lake}/emr-logs/`.
     emr_log_uri: str = ""
     emr_idle_timeout: int = 1800
     emr_root_volume_gb: int = 32
@@ -51,43 +61,94 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from `ORCHARD_*` variables (the process environment by default)."""
-        env = os.environ if environ is None else environ
-        target = env.get("ORCHARD_TARGET", "local").strip().lower()
-        if target not in TARGETS:
-            raise ValueError(f"ORCHARD_TARGET={target!r}: expected one of {', '.join(TARGETS)}")
-        lake = normalise_uri(env.get("ORCHARD_LAKE") or str(PROJECT_ROOT / "lake"))
-        if target == "emr" and not lake.startswith("s3://"):
-            raise ValueError(f"ORCHARD_TARGET=emr needs an s3:// ORCHARD_LAKE, got {lake!r}")
-        return cls(
-            target=target,
-            lake=lake,
-            default_source=env.get("ORCHARD_SOURCE") or str(PROJECT_ROOT / "data" / "sample"),
-            spark_conn_id=env.get("ORCHARD_SPARK_CONN_ID", "orchard_spark"),
-            spark_jobs_dir=env.get("ORCHARD_SPARK_JOBS") or str(PROJECT_ROOT / "spark_jobs"),
-            pyspark_python=env.get("ORCHARD_PYSPARK_PYTHON") or sys.executable,
-            spark_driver_memory=env.get("ORCHARD_SPARK_DRIVER_MEMORY", "2g"),
-            weights=env.get("ORCHARD_WEIGHTS", "imagenet"),
-            weights_fallback=env.get("ORCHARD_WEIGHTS_FALLBACK", "random"),
-            schedule=env.get("ORCHARD_SCHEDULE", "@daily").strip(),
-            watch_schedule=env.get("ORCHARD_WATCH_SCHEDULE", "*/10 * * * *").strip(),
-            aws_conn_id=env.get("ORCHARD_AWS_CONN_ID", "aws_default"),
-            region=env.get("ORCHARD_AWS_REGION", "eu-west-1"),
-            kms_key_id=env.get("ORCHARD_KMS_KEY_ID") or None,
-            emr_release=env.get("ORCHARD_EMR_RELEASE", "emr-7.14.0"),
-            emr_instance_type=env.get("ORCHARD_EMR_INSTANCE_TYPE", "m5.xlarge"),
-            emr_core_instances=int(env.get("ORCHARD_EMR_CORE_INSTANCES", "2")),
-            emr_core_spot=env.get("ORCHARD_EMR_CORE_SPOT", "false").strip().lower() in {"1", "true", "yes"},
-            emr_service_role=env.get("ORCHARD_EMR_SERVICE_ROLE", "EMR_DefaultRole"),
-            emr_instance_profile=env.get("ORCHARD_EMR_INSTANCE_PROFILE", "EMR_EC2_DefaultRole"),
-            emr_subnet_id=env.get("ORCHARD_EMR_SUBNET_ID") or None,
-            emr_security_configuration=env.get("ORCHARD_EMR_SECURITY_CONFIGURATION") or None,
-            emr_log_uri=env.get("ORCHARD_EMR_LOG_URI") or f"{lake}/emr-logs/",
-            emr_idle_timeout=int(env.get("ORCHARD_EMR_IDLE_TIMEOUT", "1800")),
-            emr_root_volume_gb=int(env.get("ORCHARD_EMR_ROOT_VOLUME_GB", "32")),
-            emr_poll_seconds=int(env.get("ORCHARD_EMR_POLL_SECONDS", "60")),
-            s3_endpoint=env.get("ORCHARD_S3_ENDPOINT") or None,
-        )
+        """Settings from `ORCHARD_*` variables (the process environment by default).
+
+        Raises ValueError naming each variable that does not parse, e.g. `ORCHARD_EMR_CORE_INSTANCES='abc'`.
+        """
+        values = _MappingEnvSource(cls, os.environ if environ is None else environ)()
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise ValueError(cls._describe(error)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `from_env` passes: its mapping replaces the process environment, never merges."""
+        return (init_settings,)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """The environment variable of every field, by field name."""
+        names = {}
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            names[name] = alias if isinstance(alias, str) else PREFIX + name.upper()
+        return names
+
+    @classmethod
+    def _describe(cls, error: ValidationError) -> str:
+        """One line per problem, each naming the variable and the value it had."""
+        by_key = {**{v: v for v in cls.variables().values()}, **cls.variables()}
+        lines = []
+        for problem in error.errors(include_url=False):
+            ctx_error = problem.get("ctx", {}).get("error")
+            message = str(ctx_error) if problem["type"] == "value_error" and ctx_error else problem["msg"]
+            loc = problem["loc"]
+            if loc and str(loc[0]) in by_key:
+                lines.append(f"{by_key[str(loc[0])]}={problem['input']!r}: {message}")
+            else:
+                lines.append(message)
+        return "\n".join(lines)
+
+    @field_validator("target", "schedule", "watch_schedule", "emr_core_spot", mode="before")
+    @classmethod
+    def _strip(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().lower() if info.field_name == "target" else value.strip()
+
+    @field_validator(
+        "lake",
+        "default_source",
+        "spark_jobs_dir",
+        "pyspark_python",
+        "kms_key_id",
+        "emr_subnet_id",
+        "emr_security_configuration",
+        "s3_endpoint",
+        mode="before",
+    )
+    @classmethod
+    def _empty_means_default(cls, value: object, info: ValidationInfo) -> object:
+        """A variable set to the empty string counts as unset."""
+        if isinstance(value, str) and not value and info.field_name is not None:
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        return value
+
+    @field_validator("lake")
+    @classmethod
+    def _normalise_lake(cls, value: str) -> str:
+        return normalise_uri(value)
+
+    @field_validator("emr_log_uri")
+    @classmethod
+    def _log_uri_under_the_lake(cls, value: str, info: ValidationInfo) -> str:
+        if value or "lake" not in info.data:
+            return value
+        return f"{info.data['lake']}/emr-logs/"
+
+    @model_validator(mode="after")
+    def _emr_needs_an_s3_lake(self) -> Settings:
+        if self.target == "emr" and not self.lake_on_s3:
+            raise ValueError(f"ORCHARD_TARGET=emr needs an s3:// ORCHARD_LAKE, got {self.lake!r}")
+        return self
 
     @property
     def lake_on_s3(self) -> bool:
@@ -107,6 +168,19 @@ class Settings:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 def normalise_uri(uri: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
@@ -18,6 +18,9 @@ from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from orchard import steps
 from orchard.config import Settings
 from orchard.layout import slug
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 NODE_PYTHON = "/usr/bin/python3.11"
 
@@ -231,7 +234,7 @@ class ImageStepSensor(EmrStepSensor):
         self.log_wait_attempts = log_wait_attempts
         self.log_wait_delay = log_wait_delay
 
-    def execute(self, context: Mapping[str, Any]) -> None:
+    def execute(self, context: Context) -> None:
         """Size the wait from the image count, then wait (deferred) for the step."""
         budget = step_timeout(
             int(self.images), base_seconds=self.base_seconds, seconds_per_image=self.seconds_per_image
@@ -245,7 +248,7 @@ class ImageStepSensor(EmrStepSensor):
             self.log_failure()
             raise
 
-    def execute_complete(self, context: Mapping[str, Any], event: dict[str, Any] | None = None) -> None:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
         """Resume after the trigger; on failure, log why before failing."""
         try:
             return super().execute_complete(context, event)
@@ -256,7 +259,8 @@ class ImageStepSensor(EmrStepSensor):
     def log_failure(self) -> None:
         """Log the step's state, failure details and stderr tail (best effort: never masks the error)."""
         try:
-            step = self.hook.conn.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
+            emr: Any = self.hook.conn  # a boto3 EMR client
+            step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
             status = step["Status"]
             details = status.get("FailureDetails", {})
             self.log.error(

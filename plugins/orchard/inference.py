@@ -102,11 +102,13 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
         if identity is None:  # ImageNet not downloaded yet: resolving downloads it, or falls back
             data, account = convert(local_spec, fallback, workdir)
             identity = weights_identity(*parse_weights(account["used"]))
+            if identity is None:
+                raise RuntimeError(f"weights {account['used']!r} resolved, yet what fixes them is unknown")
         folder = f"{models_root}/{model_key(identity)}"
         info_uri = f"{folder}/{INFO_FILE}"
         converted = not lake.exists(info_uri)
         if converted:
-            if data is None:
+            if data is None or account is None:
                 data, account = convert(local_spec, fallback, workdir)
             info = {
                 "model": f"{folder}/{MODEL_FILE}",

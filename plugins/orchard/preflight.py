@@ -319,7 +319,7 @@ def _node_key_access(kms: Any, setting: str, meta: Mapping[str, Any], node_role_
 
 def run_checks(
     settings: Settings,
-    client: Callable[[str], Any],
+    client: Callable[..., Any],
     instance_type: str | None = None,
     requirements: Path = REQUIREMENTS,
 ) -> list[Check]:

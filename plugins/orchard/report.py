@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 # More classes than this and the legend would hide the plot: the scatter says how many there are.
 MAX_LEGEND = 20
@@ -28,21 +29,21 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     shown = max(min(len(ratios), max(2 * k, 20), 100), 1)
-    ratios = np.asarray(ratios[:shown], dtype=float)
-    components = np.arange(1, len(ratios) + 1)
+    shown_ratios = np.asarray(ratios[:shown], dtype=float)
+    components = np.arange(1, len(shown_ratios) + 1)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    ax.bar(components, ratios * 100, color="#4c72b0", label="explained by the component")
+    ax.bar(components, shown_ratios * 100, color="#4c72b0", label="explained by the component")
     ax.set_xlabel("principal component")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("explained variance (%)")
     cumulative = ax.twinx()
-    cumulative.plot(components, np.cumsum(ratios) * 100, color="#dd8452", marker=".", label="cumulated")
+    cumulative.plot(components, np.cumsum(shown_ratios) * 100, color="#dd8452", marker=".", label="cumulated")
     cumulative.set_ylabel("cumulated explained variance (%)")
     cumulative.set_ylim(0, 105)
-    kept = float(np.sum(ratios[:k])) * 100
+    kept = float(np.sum(shown_ratios[:k])) * 100
     ax.axvline(k + 0.5, color="#c44e52", linestyle="--", linewidth=1.5)
     # The label sits on the side of the line with more room.
-    right_side = k < 0.6 * len(ratios)
+    right_side = k < 0.6 * len(shown_ratios)
     cumulative.annotate(
         f"k = {k} ({kept:.1f}% kept)",
         xy=(k + 0.5, min(kept, 100)),
@@ -55,7 +56,11 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     if target:
         cumulative.axhline(target * 100, color="grey", linestyle=":", linewidth=1)
         cumulative.annotate(
-            f"target {target:.0%}", xy=(len(ratios), target * 100), ha="right", va="bottom", color="grey"
+            f"target {target:.0%}",
+            xy=(len(shown_ratios), target * 100),
+            ha="right",
+            va="bottom",
+            color="grey",
         )
     handles = ax.get_legend_handles_labels()[0] + cumulative.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="center right")
@@ -64,24 +69,24 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     return _png(fig)
 
 
-def scatter_png(pc1: Sequence[float], pc2: Sequence[float], labels: Sequence[str]) -> bytes:
+def scatter_png(pc1: npt.ArrayLike, pc2: npt.ArrayLike, labels: Sequence[str]) -> bytes:
     """PC1 against PC2, one colour per label."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    pc1, pc2, labels = np.asarray(pc1), np.asarray(pc2), np.asarray(labels, dtype=object)
-    classes = sorted(set(labels))
+    x, y, names = np.asarray(pc1), np.asarray(pc2), np.asarray(labels, dtype=object)
+    classes = sorted(set(names))
     colours = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     # Markers shrink as points multiply (30 up to 500 points, 2 from 7,500), so clouds stay readable.
-    size = float(np.clip(15_000 / max(len(pc1), 1), 2, 30))
+    size = float(np.clip(15_000 / max(len(x), 1), 2, 30))
     for i, name in enumerate(classes):
-        mask = labels == name
+        mask = names == name
         ax.scatter(
-            pc1[mask],
-            pc2[mask],
+            x[mask],
+            y[mask],
             s=size,
             alpha=0.75,
             color=colours(i % colours.N),
@@ -89,7 +94,7 @@ def scatter_png(pc1: Sequence[float], pc2: Sequence[float], labels: Sequence[str
         )
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
-    ax.set_title(f"PC1 / PC2 of {len(pc1)} images, {len(classes)} labels")
+    ax.set_title(f"PC1 / PC2 of {len(x)} images, {len(classes)} labels")
     if len(classes) <= MAX_LEGEND:
         ax.legend(loc="best", fontsize="small", markerscale=1.5 if size < 30 else 1)
     ax.grid(alpha=0.3)

@@ -134,7 +134,7 @@ def _as_path_column(uri: str) -> str:
 
 def _qualified(spark: SparkSession, uri: str) -> str:
     """`uri` as binaryFile's path column spells the files below it (Hadoop's qualified path)."""
-    jvm = spark.sparkContext._jvm
+    jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped
     path = jvm.org.apache.hadoop.fs.Path(uri)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return str(fs.makeQualified(path).toString()).rstrip("/")
@@ -238,7 +238,8 @@ def _sizes(spark: SparkSession, root: str, paths: list[str]) -> dict[str, int]:
     Asked of Hadoop's FileSystem on the driver, one call per file: these are the empty files of a
     listing made by Spark itself (its scan skips them), not the inputs at large.
     """
-    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped
+    hadoop_path = jvm.org.apache.hadoop.fs.Path
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     sizes = {}
     for rel in paths:
@@ -394,5 +395,6 @@ def count_outcomes(results: DataFrame) -> dict[str, int]:
         F.countDistinct("worker").alias("python_workers"),
         F.count(F.when(F.col("from_cache"), 1)).alias("from_cache"),
     ).first()
+    assert row is not None  # an aggregate without groups has exactly one row
     keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
     return {key: row[key] for key in keys}

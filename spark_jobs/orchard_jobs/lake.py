@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 
 
 def _path_and_fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
+    jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped
     path = jvm.org.apache.hadoop.fs.Path(uri)
     return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
 
@@ -29,7 +29,8 @@ def read_bytes(spark: SparkSession, uri: str) -> bytes:
     path, fs = _path_and_fs(spark, uri)
     stream = fs.open(path)
     try:
-        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
 

@@ -102,8 +102,8 @@ def resolve_weights(spec: str, fallback: str = "fail") -> ResolvedWeights:
     if fallback not in WEIGHT_FALLBACKS:
         raise ValueError(f"weights fallback {fallback!r}: expected one of {WEIGHT_FALLBACKS}")
     kind, arg = parse_weights(spec)
-    if kind == "random":
-        return ResolvedWeights(random_weights(int(arg)), spec, f"random:{arg}", meaningful=False)
+    if kind == "random" and isinstance(arg, int):
+        return ResolvedWeights(random_weights(arg), spec, f"random:{arg}", meaningful=False)
     if kind == "file":
         with tempfile.TemporaryDirectory() as workdir:
             model = build_model(None)

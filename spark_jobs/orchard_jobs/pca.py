@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -187,7 +188,8 @@ def pipeline_model(spark: SparkSession, fitted: FittedPca, k: int) -> PipelineMo
     from pyspark.ml.feature import PCAModel, StandardScalerModel
     from pyspark.ml.linalg import DenseMatrix, DenseVector
 
-    sc, jvm = spark.sparkContext, spark.sparkContext._jvm
+    sc = spark.sparkContext
+    jvm: Any = sc._jvm  # py4j's gateway: untyped
     d = len(fitted.mean)
     java_scaler = jvm.org.apache.spark.ml.feature.StandardScalerModel(
         "orchard_centre", _py2java(sc, DenseVector(np.ones(d))), _py2java(sc, DenseVector(fitted.mean))
@@ -210,7 +212,7 @@ def to_vectors(features: DataFrame) -> DataFrame:
     """(path, label, features array) -> (path, label, vector): the input of the saved PipelineModel."""
     from pyspark.ml.functions import array_to_vector
 
-    return features.select("path", "label", array_to_vector("features").alias("vector"))
+    return features.select("path", "label", array_to_vector(F.col("features")).alias("vector"))
 
 
 def choose_k(ratios: Sequence[float], target: float) -> int:

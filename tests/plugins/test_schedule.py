@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import pytest
 
@@ -14,18 +13,18 @@ from orchard.schedule import ASSET_NAME, dag_schedule, detect_change, source_fin
 
 @pytest.fixture
 def settings(tmp_path):
-    return replace(Settings.from_env({"ORCHARD_LAKE": str(tmp_path / "lake")}), default_source=str(tmp_path))
+    return Settings.from_env({"ORCHARD_LAKE": str(tmp_path / "lake"), "ORCHARD_SOURCE": str(tmp_path)})
 
 
 @pytest.mark.parametrize(
     ("value", "expected"), [("@daily", "@daily"), ("0 3 * * *", "0 3 * * *"), ("none", None)]
 )
 def test_time_schedules(settings, value, expected):
-    assert dag_schedule(replace(settings, schedule=value)) == expected
+    assert dag_schedule(settings.model_copy(update={"schedule": value})) == expected
 
 
 def test_asset_schedule_names_the_source_folder(settings, tmp_path):
-    asset = dag_schedule(replace(settings, schedule="asset"))
+    asset = dag_schedule(settings.model_copy(update={"schedule": "asset"}))
     assert asset.name == ASSET_NAME
     assert asset.uri == tmp_path.resolve().as_uri()
 
