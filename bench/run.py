@@ -195,10 +195,10 @@ def submit_env(settings: Settings) -> dict:
 
 def model_document(work: Path) -> Path:
     """The run's model document for random:42 weights, converted once as convert_model does."""
-    from orchard.export import LocalLake
+    from orchard.lake import Lake
     from orchard.inference import prepare_model
 
-    doc = prepare_model(LocalLake(), f"file://{work}/models", f"random:{WEIGHTS_SEED}", "fail")
+    doc = prepare_model(Lake.local(), f"file://{work}/models", f"random:{WEIGHTS_SEED}", "fail")
     path = work / "inference_model.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     return path

@@ -65,8 +65,8 @@ with DAG(
     @task(multiple_outputs=True)
     def forget() -> dict:
         """Erase the images and their derived rows; returns the erasure record (digests only)."""
-        from orchard.export import airflow_lake
         from orchard.forget import collect_paths, forget_images
+        from orchard.lake import airflow_lake
 
         params = get_current_context()["params"]
         paths = collect_paths(params["paths"], params["paths_file"])

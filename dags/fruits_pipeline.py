@@ -24,7 +24,7 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
    `pca_variance` of the variance.
 5. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
 6. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
-   `pc_scatter.png`; its log prints where they are.
+   `pc_scatter.png`; its log prints where they are. Then `latest.json` points at this attempt.
 
 ## Reading the report
 
@@ -45,15 +45,17 @@ only, or `asset` to run when `orchard_source_watch` sees new images). `catchup` 
 deploy starts at most one run, and one run is active at a time. Trigger with the form to change any
 parameter; the form refuses invalid values and names the field.
 
-Every run writes under `$ORCHARD_LAKE/runs/<run id>/`; `$ORCHARD_LAKE/latest.json` points at the
-newest finished run. `manifest.json` says which weights were used: with `weights_fallback=random`,
-a run that cannot download the ImageNet weights uses seeded random weights and says so loudly.
+Every attempt of a run writes under `$ORCHARD_LAKE/runs/<run id>/attempt-<n>/` (clearing a run
+starts attempt n+1; earlier attempts stay as they were), and `$ORCHARD_LAKE/latest.json` moves to an
+attempt once its report is written. `manifest.json` says which weights were used: with
+`weights_fallback=random`, a run that cannot download the ImageNet weights uses seeded random
+weights and says so loudly.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
+from typing import Any
 
 from airflow.providers.amazon.aws.operators.emr import (
     EmrAddStepsOperator,
@@ -63,14 +65,13 @@ from airflow.providers.amazon.aws.operators.emr import (
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, get_current_context, task, teardown
 
-from orchard import emr, steps
+from orchard import emr, pipeline, steps
 from orchard.config import Settings
-from orchard.layout import run_layout, slug
+from orchard.layout import RunLayout
 from orchard.schedule import dag_schedule
 
 settings = Settings.from_env()
 JOBS = settings.spark_jobs_dir
-AWS = {"aws_conn_id": settings.aws_conn_id, "region_name": settings.region}
 
 PARAMS = {
     "source": Param(
@@ -144,6 +145,154 @@ if settings.target == "emr":
         description="Number of core nodes (the ones that run the featurization).",
     )
 
+
+# The Python tasks: each calls its body in orchard.pipeline with the run's context.
+
+
+@task(multiple_outputs=True)
+def upload_images() -> dict[str, Any]:
+    """Mirror the source into the lake and list this attempt's inputs (a clear run is a new attempt)."""
+    context = get_current_context()
+    return pipeline.upload_images(settings, context["params"], context["run_id"], context["ti"].try_number)
+
+
+@task(multiple_outputs=True)
+def convert_model(run: dict[str, Any]) -> dict[str, Any]:
+    """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
+    return pipeline.convert_model(settings, get_current_context()["params"], RunLayout.from_xcom(run))
+
+
+@task
+def export_csv(run: dict[str, Any], sync: dict[str, Any]) -> str:
+    """One pcaFeatures.csv plus the attempt's manifest; returns the CSV's URI."""
+    return pipeline.export_csv(settings, RunLayout.from_xcom(run), sync)
+
+
+@task
+def report(run: dict[str, Any]) -> str:
+    """Plots and one HTML page summing up the run, then latest.json; its log says where they are."""
+    return pipeline.report(settings, RunLayout.from_xcom(run))
+
+
+@task
+def check_aws() -> None:
+    """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
+    pipeline.check_aws(settings, get_current_context()["params"]["instance_type"])
+
+
+@task(multiple_outputs=True)
+def stage_artifacts() -> dict[str, Any]:
+    """Stage jobs and bootstrap under a content-hashed prefix; build the cluster spec."""
+    context = get_current_context()
+    return pipeline.stage_artifacts(settings, context["params"], context["run_id"], context["dag"].dag_id)
+
+
+@teardown(on_failure_fail_dagrun=True)
+def check_outcome() -> None:
+    """The run's verdict, last: it fails the run unless every other task of the run succeeded.
+
+    Airflow decides a run's state from its last tasks. A run a user marks failed ("Mark as failed")
+    while a teardown is still to run stays open until the teardowns have run, then takes the state
+    of its last tasks, which the cancel skipped: without this task such a run ended *success*
+    (tests/test_cancel_live.py).
+    """
+    ti = get_current_context()["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    unfinished = pipeline.unfinished_tasks(states, ti.task_id)
+    if unfinished:
+        raise RuntimeError(
+            "the run did not complete: " + ", ".join(f"{t} {s}" for t, s in unfinished.items())
+        )
+
+
+# The two targets' Spark steps.
+
+
+def local_spark_steps(upload: Any, convert: Any) -> None:
+    """featurize → pca with spark-submit (Spark local mode), then the CSV and the report."""
+    submit = {
+        "conf": steps.local_spark_conf(settings),
+        "driver_memory": settings.spark_driver_memory,
+        "env_vars": steps.local_env(settings),
+    }
+    featurize = SparkSubmitOperator(
+        task_id="featurize",
+        application=f"{JOBS}/featurize.py",
+        name="orchard-featurize",
+        application_args=steps.featurize_args(),
+        **submit,
+    )
+    pca = SparkSubmitOperator(
+        task_id="pca",
+        application=f"{JOBS}/pca.py",
+        name="orchard-pca",
+        application_args=steps.pca_args(),
+        **submit,
+    )
+    # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
+    upload >> [featurize, pca]
+    convert >> featurize >> pca >> export_csv(upload["run"], upload["sync"]) >> report(upload["run"])
+
+
+def emr_spark_steps(upload: Any, convert: Any) -> None:
+    """Preflight and staging, a cluster, the two steps each waited on, the CSV, and the teardowns."""
+    preflight = check_aws()
+    stage = stage_artifacts()
+    preflight >> [stage, upload]
+    create_cluster = EmrCreateJobFlowOperator(
+        task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None
+    )
+    convert >> create_cluster
+    add_featurize_step = EmrAddStepsOperator(
+        task_id="add_featurize_step",
+        job_flow_id=create_cluster.output,
+        steps=[
+            emr.spark_step(
+                "orchard-featurize", stage["featurize"], steps.featurize_args(), py_files=stage["py_files"]
+            )
+        ],
+    )
+    waiting = {
+        "job_flow_id": create_cluster.output,
+        "images": upload["image_count"],
+        "log_uri": settings.emr_log_uri,
+        "deferrable": True,
+        "poke_interval": settings.emr_poll_seconds,
+    }
+    wait_featurize = emr.ImageStepSensor(
+        task_id="wait_featurize",
+        step_id=emr.first_step_id("add_featurize_step"),
+        # Bootstrap and queueing, then 0.1 s per image: ~1/5 of the reference EMR run's rate
+        # (22,688 images in ~8 min on 2 core nodes), so a slow run is not cut short.
+        base_seconds=45 * 60,
+        seconds_per_image=0.1,
+        **waiting,
+    )
+    add_pca_step = EmrAddStepsOperator(
+        task_id="add_pca_step",
+        job_flow_id=create_cluster.output,
+        steps=[emr.spark_step("orchard-pca", stage["pca"], steps.pca_args(), py_files=stage["py_files"])],
+    )
+    wait_pca = emr.ImageStepSensor(
+        task_id="wait_pca",
+        step_id=emr.first_step_id("add_pca_step"),
+        base_seconds=20 * 60,
+        seconds_per_image=0.01,
+        **waiting,
+    )
+    export = export_csv(upload["run"], upload["sync"])
+    terminate_cluster = EmrTerminateJobFlowOperator(
+        task_id="terminate_cluster", job_flow_id=create_cluster.output
+    ).as_teardown(setups=create_cluster)
+    # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
+    upload >> [add_featurize_step, add_pca_step]
+    add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
+    # The report needs the lake only: the cluster need not wait for it.
+    reported = report(upload["run"])
+    export >> reported
+    [terminate_cluster, reported] >> check_outcome()
+
+
 with DAG(
     dag_id="fruits_pipeline",
     doc_md=__doc__,
@@ -155,287 +304,18 @@ with DAG(
     max_active_runs=1,
     params=PARAMS,
     tags=["orchard", settings.target],
-    default_args={"retries": 0},
+    # Operators take the arguments they accept from here: the AWS and Spark connections.
+    default_args={
+        "retries": 0,
+        "aws_conn_id": settings.aws_conn_id,
+        "region_name": settings.region,
+        "conn_id": settings.spark_conn_id,
+    },
+    user_defined_macros=steps.MACROS,
 ) as dag:
-
-    @task(multiple_outputs=True)
-    def upload_images() -> dict:
-        """Mirror the source into the lake and list the run's inputs; returns the run's URIs and the sync."""
-        from orchard.export import airflow_lake
-        from orchard.storage import listing_parquet
-
-        context = get_current_context()
-        params = context["params"]
-        started = time.monotonic()
-        source, report = sync_source(params["source"], context["run_id"], params["limit"])
-        run = run_layout(settings.spark_lake, source.rsplit("/", 1)[-1], context["run_id"])
-        sync = {**report.as_dict(), "source": source, "seconds": round(time.monotonic() - started, 3)}
-        if report.failed:
-            raise OSError(f"{len(report.failed)} files could not be uploaded: {sorted(report.failed)[:5]}")
-        # The run reads exactly this listing, whatever else the lake holds.
-        listing = listing_parquet(report.inputs)
-        airflow_lake(settings).write_bytes(
-            f"{run['inputs']}/part-00000.parquet", listing, "application/octet-stream"
-        )
-        return {**run, "sync": sync, "dataset": slug(source.rsplit("/", 1)[-1]), "image_count": report.files}
-
-    @task(multiple_outputs=True)
-    def convert_model(run: dict) -> dict:
-        """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
-        from orchard.export import airflow_lake
-        from orchard.inference import prepare_model
-
-        lake = airflow_lake(settings)
-        params = get_current_context()["params"]
-        model = prepare_model(lake, run["models"], params["weights"], params["weights_fallback"])
-        lake.write_json(run["inference_model"], model)
-        return model
-
-    @task
-    def export_csv(run: dict) -> str:
-        """One pcaFeatures.csv plus the run manifest; returns the CSV's URI."""
-        from orchard.export import airflow_lake, export_run
-
-        export_run(airflow_lake(settings), settings.lake, get_current_context()["run_id"], run, run["sync"])
-        return run["csv"]
-
-    @task
-    def report(run: dict) -> str:
-        """Plots and one HTML page summing up the run; its log says where they are."""
-        from orchard.export import airflow_lake, write_report
-
-        return write_report(airflow_lake(settings), run)
-
     upload = upload_images()
-    convert = convert_model(upload)
-
+    convert = convert_model(upload["run"])
     if settings.target == "local":
-        submit = {
-            "conn_id": settings.spark_conn_id,
-            "conf": steps.local_spark_conf(settings),
-            "driver_memory": settings.spark_driver_memory,
-            "env_vars": steps.local_env(settings),
-        }
-        featurize = SparkSubmitOperator(
-            task_id="featurize",
-            application=f"{JOBS}/featurize.py",
-            name="orchard-featurize",
-            application_args=steps.featurize_args(upload),
-            **submit,
-        )
-        pca = SparkSubmitOperator(
-            task_id="pca",
-            application=f"{JOBS}/pca.py",
-            name="orchard-pca",
-            application_args=steps.pca_args(upload),
-            **submit,
-        )
-        convert >> featurize >> pca >> export_csv(upload) >> report(upload)
-
+        local_spark_steps(upload, convert)
     else:
-
-        @task
-        def check_aws() -> None:
-            """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
-            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-            from orchard.preflight import problems, run_checks
-
-            def client(service: str):
-                return AwsBaseHook(client_type=service, **AWS).conn
-
-            instance_type = get_current_context()["params"]["instance_type"]
-            checks = run_checks(settings, client, instance_type)
-            for check in checks:
-                print(check)
-            failed = problems(checks)
-            if failed:
-                raise RuntimeError("AWS preflight failed:\n" + "\n".join(str(c) for c in failed))
-
-        @task(multiple_outputs=True)
-        def stage_artifacts() -> dict:
-            """Stage jobs and bootstrap under a content-hashed prefix; build the cluster spec."""
-            import tempfile
-            from pathlib import Path
-
-            from orchard import artifacts
-            from orchard.s3 import upload_files
-
-            context = get_current_context()
-            params = context["params"]
-            client = _s3_client()
-            with tempfile.TemporaryDirectory() as workdir:
-                files = artifacts.collect(Path(JOBS), Path(JOBS).parent / "bootstrap", Path(workdir))
-                prefix = f"{settings.lake}/artifacts/{artifacts.content_hash(files)}"
-                staged = upload_files(client, files, prefix, settings.encryption)
-            wheelhouse = stage_wheelhouse(client, files["requirements.txt"], params["instance_type"])
-            job_flow = emr.job_flow_spec(
-                settings,
-                run_id=context["run_id"],
-                dag_id=context["dag"].dag_id,
-                bootstrap_uri=staged["install-python-deps.sh"],
-                requirements_uri=staged["requirements.txt"],
-                wheelhouse_uri=wheelhouse,
-                instance_type=params["instance_type"],
-                core_instances=params["core_instances"],
-            )
-            return {
-                "featurize": staged["featurize.py"],
-                "pca": staged["pca.py"],
-                "py_files": staged[artifacts.JOBS_ZIP],
-                "job_flow": job_flow,
-            }
-
-        preflight = check_aws()
-        stage = stage_artifacts()
-        preflight >> [stage, upload]
-        create_cluster = EmrCreateJobFlowOperator(
-            task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None, **AWS
-        )
-        convert >> create_cluster
-        add_featurize_step = EmrAddStepsOperator(
-            task_id="add_featurize_step",
-            job_flow_id=create_cluster.output,
-            steps=[
-                emr.spark_step(
-                    "orchard-featurize",
-                    stage["featurize"],
-                    steps.featurize_args(upload),
-                    py_files=stage["py_files"],
-                )
-            ],
-            **AWS,
-        )
-        waiting = {
-            "job_flow_id": create_cluster.output,
-            "images": upload["image_count"],
-            "log_uri": settings.emr_log_uri,
-            "deferrable": True,
-            "poke_interval": settings.emr_poll_seconds,
-            **AWS,
-        }
-        wait_featurize = emr.ImageStepSensor(
-            task_id="wait_featurize",
-            step_id=emr.first_step_id("add_featurize_step"),
-            # Bootstrap and queueing, then 0.1 s per image: ~1/5 of the reference EMR run's rate
-            # (22,688 images in ~8 min on 2 core nodes), so a slow run is not cut short.
-            base_seconds=45 * 60,
-            seconds_per_image=0.1,
-            **waiting,
-        )
-        add_pca_step = EmrAddStepsOperator(
-            task_id="add_pca_step",
-            job_flow_id=create_cluster.output,
-            steps=[
-                emr.spark_step(
-                    "orchard-pca", stage["pca"], steps.pca_args(upload), py_files=stage["py_files"]
-                )
-            ],
-            **AWS,
-        )
-        wait_pca = emr.ImageStepSensor(
-            task_id="wait_pca",
-            step_id=emr.first_step_id("add_pca_step"),
-            base_seconds=20 * 60,
-            seconds_per_image=0.01,
-            **waiting,
-        )
-        export = export_csv(upload)
-        terminate_cluster = EmrTerminateJobFlowOperator(
-            task_id="terminate_cluster", job_flow_id=create_cluster.output, **AWS
-        ).as_teardown(setups=create_cluster)
-        add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
-        # The report needs the lake only: the cluster need not wait for it.
-        reported = report(upload)
-        export >> reported
-
-        @teardown(on_failure_fail_dagrun=True)
-        def check_outcome() -> None:
-            """The run's verdict, last: it fails the run unless every other task of the run succeeded.
-
-            Airflow decides a run's state from its last tasks. A run a user marks failed ("Mark as
-            failed") while a teardown is still to run stays open until the teardowns have run, then
-            takes the state of its last tasks, which the cancel skipped: without this task such a run
-            ended *success* (tests/test_cancel_live.py).
-            """
-            ti = get_current_context()["ti"]
-            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
-            unfinished = {t: s for t, s in sorted(states.items()) if t != ti.task_id and s != "success"}
-            if unfinished:
-                raise RuntimeError(
-                    "the run did not complete: " + ", ".join(f"{t} {s}" for t, s in unfinished.items())
-                )
-
-        [terminate_cluster, reported] >> check_outcome()
-
-
-def stage_wheelhouse(client, requirements, instance_type: str) -> str:
-    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash.
-
-    Built for the instance type's architecture (x86_64, or aarch64 on Graviton types).
-    """
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    from orchard import artifacts
-    from orchard.preflight import supported_instance_types
-    from orchard.s3 import existing_sizes, split_uri, upload_files
-
-    types = supported_instance_types(AwsBaseHook(client_type="emr", **AWS).conn, settings.emr_release)
-    architecture = types.get(instance_type, {}).get("Architecture", "X86_64")
-    digest = artifacts.requirements_hash(requirements, architecture)
-    prefix = f"{settings.lake}/artifacts/wheelhouse/{digest}"
-    uri = f"{prefix}/{artifacts.WHEELHOUSE}"
-    if artifacts.WHEELHOUSE in existing_sizes(client, *split_uri(prefix)):
-        return uri
-    tar = artifacts.build_wheelhouse(requirements, artifacts.default_cache(), architecture)
-    return upload_files(client, {artifacts.WHEELHOUSE: tar}, prefix, settings.encryption)[
-        artifacts.WHEELHOUSE
-    ]
-
-
-def sync_source(source: str, run_id: str, limit: int | None):
-    """Check `source` (a folder, or an s3:// prefix when the lake is on S3) and mirror it into the lake.
-
-    Returns the source as recorded (a resolved path or the URI) and the sync report. A source on S3
-    is copied inside S3: its images never pass through the Airflow worker.
-    """
-    from pathlib import Path
-
-    from orchard.storage import check_source
-
-    if source.startswith(("s3://", "s3a://")):
-        from orchard.s3 import check_s3_source, split_uri, sync_s3_to_s3
-
-        if not settings.lake_on_s3:
-            raise ValueError(
-                f"param source: {source!r} is on S3; it needs a lake on S3 (ORCHARD_LAKE=s3://...)"
-            )
-        uri = "s3://" + "/".join(part for part in split_uri(source) if part)
-        client = _s3_client()
-        try:  # before anything is copied or any cluster is created
-            check_s3_source(client, uri)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"param source: {exc}") from exc
-        images = run_layout(settings.lake, uri.rsplit("/", 1)[-1], run_id)["images"]
-        return uri, sync_s3_to_s3(uri, images, client, settings.encryption, limit)
-    folder = Path(source).expanduser().resolve()
-    try:  # before anything is uploaded or any cluster is created
-        check_source(folder)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"param source: {exc}") from exc
-    images = run_layout(settings.lake, folder.name, run_id)["images"]
-    if settings.lake_on_s3:
-        from orchard.s3 import sync_to_s3
-
-        return str(folder), sync_to_s3(folder, images, _s3_client(), settings.encryption, limit)
-    from orchard.layout import local_path
-    from orchard.storage import sync_folder
-
-    return str(folder), sync_folder(folder, local_path(images), limit=limit)
-
-
-def _s3_client():
-    """S3 client from the Airflow connection (credentials never in code)."""
-    from orchard.s3 import airflow_client
-
-    return airflow_client(settings)
+        emr_spark_steps(upload, convert)

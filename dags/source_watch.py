@@ -36,12 +36,13 @@ if settings.schedule.lower() == "asset":
             """Succeed (and update the asset) only when the source folder changed."""
             from pathlib import Path
 
-            from orchard.export import airflow_lake
+            from orchard.lake import airflow_lake
+            from orchard.layout import LakeLayout
             from orchard.schedule import detect_change
 
             lake = airflow_lake(settings)
             changed = detect_change(
-                lake, f"{settings.lake}/state/source_watch.json", Path(settings.default_source)
+                lake, LakeLayout(settings.lake).watch_state, Path(settings.default_source)
             )
             if changed is None:
                 raise AirflowSkipException("source folder unchanged since the last look")

@@ -22,7 +22,7 @@ from typing import Any, cast
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
-from orchard_jobs import engine, features, lake
+from orchard_jobs import engine, features, hadoop_files
 from orchard_jobs.progress import StageProgress
 from orchard_jobs.versions import versions
 
@@ -62,8 +62,8 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     """The featurize step on a running Spark session; returns the summary it wrote."""
     started = time.time()
     phases: dict[str, Any] = {"session": session_seconds}
-    model_doc = lake.read_json(spark, args.model)
-    model = lake.read_bytes(spark, model_doc["model"])
+    model_doc = hadoop_files.read_json(spark, args.model)
+    model = hadoop_files.read_bytes(spark, model_doc["model"])
     digest = engine.model_digest(model)
     if digest != model_doc["sha256"]:
         raise ValueError(
@@ -127,7 +127,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
         "phases_seconds": {key: None if value is None else round(value, 3) for key, value in phases.items()},
         "versions": versions(spark),
     }
-    lake.write_json(spark, args.summary, summary)
+    hadoop_files.write_json(spark, args.summary, summary)
     logging.getLogger("featurize").info(
         "featurize done: %s (the model ran on %d images, %d came from the cache)",
         counts,

@@ -13,7 +13,7 @@ import time
 
 from pyspark.sql import SparkSession
 
-from orchard_jobs import lake
+from orchard_jobs import hadoop_files
 from orchard_jobs import pca as pca_ops
 from orchard_jobs.engine import FEATURE_DIM
 from orchard_jobs.versions import versions
@@ -59,7 +59,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
 
     summary = pca_ops.summary(fitted.ratios[:max_k], k, None if args.k else args.variance, fitted.n)
     summary.update(step="pca", seconds=round(time.time() - started, 3), versions=versions(spark))
-    lake.write_json(spark, args.summary, summary)
+    hadoop_files.write_json(spark, args.summary, summary)
     logging.getLogger("pca").info("pca done: k=%d, variance kept %.4f", k, summary["variance_kept"])
     return summary
 

@@ -51,10 +51,10 @@ def model_document(out: Path, weights: str) -> str:
 
     The ONNX models live in one folder for the whole test session, so each spec is converted once.
     """
-    from orchard.export import LocalLake
+    from orchard.lake import Lake
     from orchard.inference import prepare_model
 
-    doc = prepare_model(LocalLake(), f"file://{_MODELS}", weights, "fail")
+    doc = prepare_model(Lake.local(), f"file://{_MODELS}", weights, "fail")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "inference_model.json"
     path.write_text(json.dumps(doc), encoding="utf-8")

@@ -142,7 +142,9 @@ class Settings(BaseSettings):
     def _log_uri_under_the_lake(cls, value: str, info: ValidationInfo) -> str:
         if value or "lake" not in info.data:
             return value
-        return f"{info.data['lake']}/emr-logs/"
+        from orchard.layout import LakeLayout
+
+        return LakeLayout(info.data["lake"]).emr_logs
 
     @model_validator(mode="after")
     def _emr_needs_an_s3_lake(self) -> Settings:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from orchard.config import Settings
-from orchard.layout import local_path
+from orchard.layout import LakeLayout, local_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.returncode != 0:
         print(f"fruits_pipeline failed (exit {result.returncode}); see the task logs above", file=sys.stderr)
         return result.returncode
-    latest = json.loads(local_path(f"{settings.lake}/latest.json").read_text(encoding="utf-8"))
+    latest = json.loads(local_path(LakeLayout(settings.lake).latest).read_text(encoding="utf-8"))
     manifest = json.loads(local_path(latest["manifest"]).read_text(encoding="utf-8"))
     for warning in manifest["warnings"]:
         print(f"WARNING: {warning}", file=sys.stderr)

@@ -12,11 +12,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
 from orchard import steps
 from orchard.config import Settings
+from orchard.lake import s3_access
 from orchard.layout import slug
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class ImageStepSensor(EmrStepSensor):
                 self.step_id, step.get("Name"), status.get("State"), details.get("Reason", ""),
                 details.get("Message", ""), details.get("LogFile", "-"),
             )  # fmt: skip
-            s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
+            s3, _ = s3_access(self.region_name, {}, conn_id=self.aws_conn_id)
             tail = stderr_tail(
                 s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts,
                 delay=self.log_wait_delay,

@@ -28,9 +28,9 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from orchard.layout import slug
+from orchard.lake import Lake
+from orchard.layout import LakeLayout, RunLayout, slug
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
 
 
-def _filter_parquet(lake: Any, folder: str, column: str, drop: set[str]) -> int:
+def _filter_parquet(lake: Lake, folder: str, column: str, drop: set[str]) -> int:
     """Rewrite the Parquet files of a folder without the rows whose `column` is in `drop`."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -92,7 +92,7 @@ def _filter_parquet(lake: Any, folder: str, column: str, drop: set[str]) -> int:
     return removed
 
 
-def _filter_csv(lake: Any, uri: str, drop: set[str]) -> int:
+def _filter_csv(lake: Lake, uri: str, drop: set[str]) -> int:
     """Rewrite a CSV whose first column is the image path without the rows of `drop`."""
     text = lake.read_bytes(uri).decode("utf-8")
     rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -105,12 +105,13 @@ def _filter_csv(lake: Any, uri: str, drop: set[str]) -> int:
     return len(rows) - len(kept)
 
 
-def forget_images(lake: Any, lake_uri: str, dataset: str, paths: Sequence[str], reason: str = "") -> dict:
+def forget_images(lake: Lake, lake_uri: str, dataset: str, paths: Sequence[str], reason: str = "") -> dict:
     """Erase the images at `paths` of `dataset` and everything derived from them; returns the record."""
     from orchard.export import write_report
 
     paths = clean_paths(paths)
-    images_root = f"{lake_uri}/images/{slug(dataset)}"
+    shared = LakeLayout(lake_uri)
+    images_root = shared.images(dataset)
     drop, digests, missing = set(paths), set(), 0
     for rel in paths:
         uri = f"{images_root}/{rel}"
@@ -123,21 +124,21 @@ def forget_images(lake: Any, lake_uri: str, dataset: str, paths: Sequence[str], 
 
     now = dt.datetime.now(dt.UTC)
     removed = {"cache": 0, "features": 0, "quarantine": 0, "pca": 0, "csv": 0}
-    for weights_folder in sorted(
-        {u.rsplit("/", 1)[0] for u in lake.list_files(f"{lake_uri}/cache/features")}
-    ):
+    for weights_folder in sorted({u.rsplit("/", 1)[0] for u in lake.list_files(shared.cache)}):
         removed["cache"] += _filter_parquet(lake, weights_folder, "sha256", digests) if digests else 0
     runs, reports = 0, 0
-    for manifest_uri in [u for u in lake.list_files(f"{lake_uri}/runs") if u.endswith("/manifest.json")]:
+    for manifest_uri in [u for u in lake.list_files(shared.runs) if u.endswith("/manifest.json")]:
         manifest = lake.read_json(manifest_uri)
-        if manifest.get("images", images_root) != images_root:
+        if "run" not in manifest:
+            continue  # not a manifest this version of Orchard writes
+        run = RunLayout.from_xcom(manifest["run"])
+        if slug(run.dataset) != slug(dataset):
             continue  # a run of another dataset
-        outputs = manifest["outputs"]
         per_run = {
-            name: _filter_parquet(lake, outputs[name], "path", drop)
+            name: _filter_parquet(lake, getattr(run, name), "path", drop)
             for name in ("features", "quarantine", "pca")
         }
-        per_run["csv"] = _filter_csv(lake, outputs["csv"], drop) if lake.exists(outputs["csv"]) else 0
+        per_run["csv"] = _filter_csv(lake, run.csv, drop) if lake.exists(run.csv) else 0
         for name, count in per_run.items():
             removed[name] += count
         touched = sum(per_run.values())
@@ -150,9 +151,8 @@ def forget_images(lake: Any, lake_uri: str, dataset: str, paths: Sequence[str], 
         counts["inputs"] -= per_run["features"] + per_run["quarantine"]
         manifest.setdefault("erasures", []).append({"at": now.isoformat(), "rows_removed": per_run})
         lake.write_json(manifest_uri, manifest)
-        if "report" in outputs:
-            summary = manifest_uri.rsplit("/", 1)[0] + "/pca.json"
-            write_report(lake, {**outputs, "manifest": manifest_uri, "pca_summary": summary})
+        if lake.exists(run.report):
+            write_report(lake, run)
             reports += 1
 
     record = {
@@ -168,7 +168,7 @@ def forget_images(lake: Any, lake_uri: str, dataset: str, paths: Sequence[str], 
         "runs_checked": runs,
         "reports_rewritten": reports,
     }
-    record_uri = f"{lake_uri}/erasures/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    record_uri = shared.erasure_record(now.strftime("%Y%m%dT%H%M%S%fZ"))
     lake.write_json(record_uri, record)
     log.info("erased %d images (%s rows removed); record: %s", len(digests), removed, record_uri)
     return {**record, "record": record_uri}
@@ -177,7 +177,7 @@ def forget_images(lake: Any, lake_uri: str, dataset: str, paths: Sequence[str], 
 def main(argv: list[str] | None = None) -> int:
     """Command line: erase images from the configured lake."""
     from orchard.config import Settings
-    from orchard.export import lake_for
+    from orchard.lake import lake_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip() if __doc__ else None)
     parser.add_argument(

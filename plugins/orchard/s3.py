@@ -1,17 +1,19 @@
-"""The lake on S3: image sync with content hashes, encrypted writes, and a server-side CSV merge."""
+"""What the lake does on S3 with S3's own API: the image sync (content hashes) and the CSV merge inside S3.
+
+Everything else reaches S3 through orchard.lake; these functions take its boto3 client.
+"""
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 
+from orchard.lake import split_uri
 from orchard.storage import (
     SyncReport,
     check_source,
@@ -28,34 +30,6 @@ log = logging.getLogger(__name__)
 MIN_PART = 5 * 1024 * 1024
 HEADER = "header"
 SHA256_META = "sha256"
-
-
-# Transient S3 errors (500, 503 SlowDown, throttling, connection resets) are retried by botocore
-# with exponential backoff and jitter, up to 10 attempts per request.
-RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 10})
-
-
-def client_for(settings: Any) -> Any:
-    """An S3 client from the standard AWS credential chain (outside Airflow), with retries."""
-    import boto3
-
-    return boto3.client("s3", region_name=settings.region, endpoint_url=settings.s3_endpoint, config=RETRIES)
-
-
-def airflow_client(settings: Any) -> Any:
-    """An S3 client from the Airflow connection (credentials never in code), with retries."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=settings.aws_conn_id, region_name=settings.region, config=RETRIES).get_conn()
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key or prefix without trailing slash) of an s3:// or s3a:// URI."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in {"s3", "s3a"}:
-        raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = rest.partition("/")
-    return bucket, key.rstrip("/")
 
 
 def check_bucket(client: Any, bucket: str, prefix: str = "") -> None:
@@ -260,7 +234,7 @@ def plan_merge(header_len: int, objects: Iterable[tuple[str, int]], min_part: in
     return parts
 
 
-def merge_csv(
+def assemble_csv(
     client: Any, header: Iterable[str], parts_uri: str, dest_uri: str, encryption: Mapping[str, str]
 ) -> dict:
     """One CSV object: header + the part files in name order, copied inside S3 where they are large.
@@ -321,36 +295,6 @@ def merge_csv(
     return stats
 
 
-def read_json(client: Any, uri: str) -> dict:
-    """A small JSON object from S3."""
-    bucket, key = split_uri(uri)
-    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def write_json(client: Any, uri: str, payload: Mapping[str, Any], encryption: Mapping[str, str]) -> None:
-    """A small JSON object to S3, encrypted."""
-    body = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    put_bytes(client, uri, body, encryption, "application/json")
-
-
-def put_bytes(client: Any, uri: str, body: bytes, encryption: Mapping[str, str], content_type: str) -> None:
-    """A small object to S3, encrypted."""
-    bucket, key = split_uri(uri)
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **encryption)
-
-
-def download_prefix(client: Any, uri: str, dest: Path, suffix: str = "") -> list[Path]:
-    """Download the objects under a prefix whose names end with `suffix` into `dest` (flat)."""
-    bucket, prefix = split_uri(uri)
-    files = []
-    for key in sorted(existing_sizes(client, bucket, prefix)):
-        if key.endswith(suffix) and not key.rsplit("/", 1)[-1].startswith(("_", ".")):
-            target = dest / key.replace("/", "__")
-            client.download_file(bucket, f"{prefix}/{key}", str(target))
-            files.append(target)
-    return files
-
-
 def upload_files(
     client: Any, files: Mapping[str, Path], dest_uri: str, encryption: Mapping[str, str]
 ) -> dict[str, str]:
@@ -384,17 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m orchard.s3 create-bucket`: the compose stack's one-shot MinIO set-up."""
     import argparse
 
-    import boto3
-
     from orchard.config import Settings
+    from orchard.lake import lake_for
 
     parser = argparse.ArgumentParser(description="S3 lake set-up")
     parser.add_argument("command", choices=["create-bucket"])
     parser.parse_args(argv)
     settings = Settings.from_env()
     bucket, _ = split_uri(settings.lake)
-    client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.region)
-    created = create_bucket(client, bucket, settings.region)
+    created = create_bucket(lake_for(settings).client, bucket, settings.region)
     print(f"bucket {bucket!r} {'created' if created else 'already there'} at {settings.s3_endpoint or 'AWS'}")
 
 

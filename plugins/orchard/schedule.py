@@ -59,11 +59,7 @@ def detect_change(lake: Any, state_uri: str, source: Path) -> dict[str, Any] | N
     current = source_fingerprint(source)
     try:
         previous = lake.read_json(state_uri)
-    except FileNotFoundError:
-        previous = None
-    except Exception as exc:  # S3: NoSuchKey comes as a botocore ClientError
-        if "NoSuchKey" not in str(exc) and "404" not in str(exc):
-            raise
+    except FileNotFoundError:  # the lake raises it on every backend
         previous = None
     if previous == current:
         return None

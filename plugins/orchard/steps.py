@@ -1,46 +1,61 @@
 """Arguments and Spark configuration of the two Spark steps, as data.
 
-`run` is the mapping of a run's URIs (layout.run_layout); in the DAG it is the upload task's
-XComArg, whose items resolve when the task runs. Per-run choices are Jinja over the DAG Params.
+The arguments are Jinja templates, rendered when a Spark task runs: the paths from the RunLayout of
+the attempt the upload task started (`run_layout(ti)`, a DAG macro), the choices from the params.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from orchard.config import Settings
+from orchard.layout import RunLayout
 
 # One Arrow batch is one inference batch; 64 images keep a worker's memory near 1 GB.
 ARROW_BATCH = 64
 
 
-def featurize_args(run: Mapping[str, Any]) -> list[Any]:
-    """Command-line arguments of spark_jobs/featurize.py."""
+UPLOAD_TASK = "upload_images"
+
+
+def run_layout(ti: Any) -> RunLayout:
+    """The RunLayout of the attempt the upload task of this run started (a template macro)."""
+    return RunLayout.from_xcom(ti.xcom_pull(task_ids=UPLOAD_TASK, key="run"))
+
+
+def _run(name: str) -> str:
+    return f"{{{{ run_layout(ti).{name} }}}}"
+
+
+def featurize_args() -> list[str]:
+    """Command-line arguments of spark_jobs/featurize.py, as templates over the run and its params."""
     return [
-        "--images", run["images"],
-        "--features", run["features"],
-        "--quarantine", run["quarantine"],
-        "--summary", run["featurize_summary"],
-        "--model", run["inference_model"],
-        "--inputs", run["inputs"],
+        "--images", _run("images"),
+        "--features", _run("features"),
+        "--quarantine", _run("quarantine"),
+        "--summary", _run("featurize_summary"),
+        "--model", _run("inference_model"),
+        "--inputs", _run("inputs"),
         "--partitions", "{{ params.partitions or 0 }}",
         "--limit", "{{ params.limit or 0 }}",
-        "--cache", run["cache"],
+        "--cache", _run("cache"),
     ]  # fmt: skip
 
 
-def pca_args(run: Mapping[str, Any]) -> list[Any]:
-    """Command-line arguments of spark_jobs/pca.py."""
+def pca_args() -> list[str]:
+    """Command-line arguments of spark_jobs/pca.py, as templates over the run and its params."""
     return [
-        "--features", run["features"],
-        "--pca", run["pca"],
-        "--model", run["model"],
-        "--summary", run["pca_summary"],
-        "--csv-parts", run["csv_parts"],
+        "--features", _run("features"),
+        "--pca", _run("pca"),
+        "--model", _run("model"),
+        "--summary", _run("pca_summary"),
+        "--csv-parts", _run("csv_parts"),
         "--k", "{{ params.pca_k or 0 }}",
         "--variance", "{{ params.pca_variance }}",
     ]  # fmt: skip
+
+
+MACROS = {"run_layout": run_layout}
 
 
 def spark_conf() -> dict[str, str]:

@@ -207,16 +207,9 @@ def _unchanged(src: Path, dest: Path) -> bool:
 def _copy(src: Path, dest: Path) -> tuple[str, int]:
     if _unchanged(src, dest):
         return "skipped", 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Copy to a temporary name then rename: a reader never sees a half-copied image.
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-")
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A reader never sees a half-copied image; the copy keeps the source's times (see _unchanged).
+    with replaced_atomically(dest, stat_from=src) as out, src.open("rb") as handle:
+        shutil.copyfileobj(handle, out, 1 << 20)
     return "uploaded", dest.stat().st_size
 
 
@@ -328,28 +321,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def merge_csv(header: Iterable[str], parts_dir: Path, dest: Path) -> None:
-    """Write `dest` as one CSV: the header row, then every part file in name order.
-
-    Streams part by part, so memory stays flat however large the table is. Written to a
-    temporary file and renamed, so a reader never sees a half-written CSV.
-    """
-    parts = sorted(p for p in parts_dir.iterdir() if p.name.startswith("part-"))
-    with replaced_atomically(dest) as out:
-        out.write((",".join(header) + "\n").encode("utf-8"))
-        for part in parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-
-
 @contextmanager
-def replaced_atomically(dest: Path) -> Generator[BinaryIO]:
-    """A binary file that becomes `dest` only when the block completes: readers never see half of it."""
+def replaced_atomically(dest: Path, stat_from: Path | None = None) -> Generator[BinaryIO]:
+    """A binary file that becomes `dest` only when the block completes: readers never see half of it.
+
+    Written next to `dest` and renamed (atomic within one filesystem); with `stat_from`, it takes
+    that file's permission bits and times first.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-", suffix=dest.suffix)
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
+        if stat_from is not None:
+            shutil.copystat(stat_from, tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -319,9 +319,9 @@ def cache_uri(cache_root: str, digest: str) -> str:
 
 def read_cache(spark: SparkSession, uri: str) -> DataFrame | None:
     """The cached (sha256, features) rows, one per content; None when nothing is cached yet."""
-    from orchard_jobs import lake
+    from orchard_jobs import hadoop_files
 
-    if not lake.exists(spark, uri):
+    if not hadoop_files.exists(spark, uri):
         return None
     return spark.read.schema(CACHE_TYPE).parquet(uri).dropDuplicates(["sha256"])
 

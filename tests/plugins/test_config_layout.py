@@ -8,7 +8,7 @@ import pytest
 
 from orchard import steps
 from orchard.config import PROJECT_ROOT, Settings, normalise_uri
-from orchard.layout import local_path, run_layout, slug
+from orchard.layout import LakeLayout, RunLayout, local_path, slug
 
 
 def test_defaults_are_the_embedded_local_setup():
@@ -62,16 +62,40 @@ def test_run_ids_become_safe_path_names():
         slug("::")
 
 
+OWN_PATHS = [
+    "root", "inference_model", "inputs", "inputs_file", "features", "quarantine", "featurize_summary",
+    "pca", "model", "pca_summary", "csv_parts", "csv", "manifest", "report_folder", "report",
+]  # fmt: skip
+
+
+def own_paths(run: RunLayout) -> dict[str, str]:
+    return {name: getattr(run, name) for name in OWN_PATHS}
+
+
 def test_run_layout_keeps_runs_apart():
-    one = run_layout("s3://b/lake", "Fruits 360", "manual__1")
-    two = run_layout("s3://b/lake", "Fruits 360", "scheduled__2")
-    assert one["images"] == two["images"] == "s3://b/lake/images/Fruits_360"
-    assert one["csv"] == "s3://b/lake/runs/manual__1/pcaFeatures.csv"
-    assert one["cache"] == two["cache"] == "s3://b/lake/cache/features"  # shared by all runs
-    assert one["models"] == two["models"] == "s3://b/lake/cache/models"
-    outputs = {k: v for k, v in one.items() if k not in {"images", "cache", "models"}}
-    assert all(v.startswith("s3://b/lake/runs/manual__1") for v in outputs.values())
-    assert not set(outputs.values()) & set(two.values())
+    one = LakeLayout("s3://b/lake").run("Fruits 360", "manual__1")
+    two = LakeLayout("s3://b/lake").run("Fruits 360", "scheduled__2")
+    assert one.images == two.images == "s3://b/lake/images/Fruits_360"
+    assert one.csv == "s3://b/lake/runs/manual__1/attempt-1/pcaFeatures.csv"
+    assert one.cache == two.cache == "s3://b/lake/cache/features"  # shared by all runs
+    assert one.models == two.models == "s3://b/lake/cache/models"
+    outputs = own_paths(one)
+    assert all(v.startswith("s3://b/lake/runs/manual__1/attempt-1") for v in outputs.values())
+    assert not set(outputs.values()) & set(own_paths(two).values())
+
+
+def test_each_attempt_of_a_run_has_its_own_prefix():
+    first = LakeLayout("file:///lake").run("sample", "manual__1", attempt=1)
+    again = LakeLayout("file:///lake").run("sample", "manual__1", attempt=2)
+    assert again.root == "file:///lake/runs/manual__1/attempt-2"
+    assert not set(own_paths(first).values()) & set(own_paths(again).values())
+    assert first.images == again.images and first.cache == again.cache  # shared by every attempt
+    assert RunLayout.from_xcom(again.to_xcom()) == again
+    assert LakeLayout("file:///lake").latest == "file:///lake/latest.json"
+    with pytest.raises(ValueError, match="attempt"):
+        RunLayout("file:///lake", "sample", "r1", attempt=0)
+    with pytest.raises(ValueError, match="no characters"):
+        RunLayout("file:///lake", "::", "r1")
 
 
 def test_local_path_reads_file_uris_literally():
@@ -80,18 +104,35 @@ def test_local_path_reads_file_uris_literally():
         local_path("s3://bucket/x")
 
 
+def render(args: list[str], run: RunLayout, params: dict) -> list[str]:
+    """The arguments as a task renders them: the run's layout from the upload's XCom, the params."""
+    from jinja2 import Environment
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str, key: str) -> dict:
+            assert (task_ids, key) == (steps.UPLOAD_TASK, "run")
+            return run.to_xcom()
+
+    env = Environment()
+    context = {**steps.MACROS, "ti": TaskInstance(), "params": params}
+    return [env.from_string(arg).render(context) for arg in args]
+
+
 def test_step_arguments_name_every_output():
-    run = run_layout("file:///lake", "sample", "r1")
-    featurize = steps.featurize_args(run)
-    pca = steps.pca_args(run)
+    run = LakeLayout("file:///lake").run("sample", "r1", attempt=3)
+    params = {"partitions": None, "limit": 5, "pca_k": None, "pca_variance": 0.9}
+    featurize = render(steps.featurize_args(), run, params)
+    pca = render(steps.pca_args(), run, params)
     flags = dict(zip(featurize[::2], featurize[1::2], strict=True))
     assert flags["--images"] == "file:///lake/images/sample"
-    assert flags["--features"] == run["features"]
-    assert flags["--model"] == "file:///lake/runs/r1/inference_model.json" == run["inference_model"]
+    assert flags["--features"] == run.features
+    assert flags["--model"] == "file:///lake/runs/r1/attempt-3/inference_model.json" == run.inference_model
     assert flags["--cache"] == "file:///lake/cache/features"
+    assert (flags["--partitions"], flags["--limit"]) == ("0", "5")
     pca_flags = dict(zip(pca[::2], pca[1::2], strict=True))
-    assert pca_flags["--features"] == run["features"]
-    assert pca_flags["--csv-parts"] == run["csv_parts"]
+    assert pca_flags["--features"] == run.features
+    assert pca_flags["--csv-parts"] == run.csv_parts
+    assert (pca_flags["--k"], pca_flags["--variance"]) == ("0", "0.9")
     assert steps.spark_conf()["spark.sql.execution.arrow.maxRecordsPerBatch"] == str(steps.ARROW_BATCH)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchard import inference
-from orchard.export import LocalLake
+from orchard.lake import Lake
 from orchard_jobs import engine
 from orchard_jobs.images import decode_image
 from orchard_jobs.model import Featurizer, build_model, random_weights
@@ -19,7 +19,7 @@ def lake_root(tmp_path) -> str:
 
 
 def test_a_spec_is_converted_once_then_reused(lake_root, monkeypatch):
-    first = inference.prepare_model(LocalLake(), lake_root, "random:11", "fail")
+    first = inference.prepare_model(Lake.local(), lake_root, "random:11", "fail")
     assert first["converted"]
     assert first["model"].startswith(f"{lake_root}/") and first["model"].endswith(".onnx")
     assert first["weights"] == {
@@ -34,14 +34,14 @@ def test_a_spec_is_converted_once_then_reused(lake_root, monkeypatch):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(inference, "convert", refuse)
-    again = inference.prepare_model(LocalLake(), lake_root, "random:11", "fail")
+    again = inference.prepare_model(Lake.local(), lake_root, "random:11", "fail")
     assert not again["converted"]
     assert (again["model"], again["sha256"]) == (first["model"], first["sha256"])
 
 
 def test_the_stored_model_computes_the_weights_features(lake_root):
-    doc = inference.prepare_model(LocalLake(), lake_root, "random:12", "fail")
-    data = LocalLake().read_bytes(doc["model"])
+    doc = inference.prepare_model(Lake.local(), lake_root, "random:12", "fail")
+    data = Lake.local().read_bytes(doc["model"])
     assert engine.model_digest(data) == doc["sha256"]
     images = np.stack([decode_image(jpeg(seed)) for seed in range(3)])
     expected = Featurizer(random_weights(12))(images)
@@ -50,8 +50,8 @@ def test_the_stored_model_computes_the_weights_features(lake_root):
 
 
 def test_other_weights_get_another_model(lake_root, tmp_path):
-    a = inference.prepare_model(LocalLake(), lake_root, "random:11", "fail")
-    b = inference.prepare_model(LocalLake(), lake_root, "random:13", "fail")
+    a = inference.prepare_model(Lake.local(), lake_root, "random:11", "fail")
+    b = inference.prepare_model(Lake.local(), lake_root, "random:13", "fail")
     assert a["model"] != b["model"] and a["sha256"] != b["sha256"]
 
     # A weights file is known by its bytes: the same file under another name is the same model.
@@ -61,8 +61,8 @@ def test_other_weights_get_another_model(lake_root, tmp_path):
     model.save_weights(first)
     second.parent.mkdir()
     second.write_bytes(first.read_bytes())
-    from_file = inference.prepare_model(LocalLake(), lake_root, str(first), "fail")
-    same = inference.prepare_model(LocalLake(), lake_root, str(second), "fail")
+    from_file = inference.prepare_model(Lake.local(), lake_root, str(first), "fail")
+    same = inference.prepare_model(Lake.local(), lake_root, str(second), "fail")
     assert from_file["converted"] and not same["converted"]
     assert from_file["model"] == same["model"]
     assert same["weights"]["used"] == str(second) and same["weights"]["meaningful"]
@@ -76,12 +76,12 @@ def test_imagenet_unavailable_falls_back_to_random_and_says_so(lake_root, monkey
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
 
-    doc = inference.prepare_model(LocalLake(), lake_root, "imagenet", "random")
+    doc = inference.prepare_model(Lake.local(), lake_root, "imagenet", "random")
     assert doc["weights"]["requested"] == "imagenet"
     assert doc["weights"]["used"] == "random:42"
     assert not doc["weights"]["meaningful"]
     assert "no visual meaning" in doc["weights"]["warnings"][0]
     # The same fallback model as asking for random:42 directly.
-    assert doc["model"] == inference.prepare_model(LocalLake(), lake_root, "random:42", "fail")["model"]
+    assert doc["model"] == inference.prepare_model(Lake.local(), lake_root, "random:42", "fail")["model"]
     with pytest.raises(RuntimeError, match="ImageNet weights could not be loaded"):
-        inference.prepare_model(LocalLake(), lake_root, "imagenet", "fail")
+        inference.prepare_model(Lake.local(), lake_root, "imagenet", "fail")

@@ -10,7 +10,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from orchard import s3
-from orchard.s3 import HEADER, merge_csv, plan_merge, sync_to_s3
+from orchard.lake import s3_access
+from orchard.s3 import HEADER, plan_merge, sync_to_s3
+from orchard.s3 import assemble_csv as merge_csv
 
 BUCKET = "orchard-lake"
 SSE_S3 = {"ServerSideEncryption": "AES256"}
@@ -187,17 +189,19 @@ def flaky(client, operation: str, failures: int, status: int = 503) -> list[int]
     return calls
 
 
+def put_json(client, key: str) -> None:
+    client.put_object(Bucket="lake", Key=key, Body=b'{"ok": true}', ServerSideEncryption="AES256")
+
+
 def test_transient_s3_errors_are_retried_with_backoff(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda _: None)  # botocore's backoff, skipped in the test
     with mock_aws():
-        client = boto3.client("s3", region_name="eu-west-1", config=s3.RETRIES)
+        client, _ = s3_access("eu-west-1", SSE_S3)  # the lake's client
         client.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         calls = flaky(client, "PutObject", failures=3)
-        s3.write_json(
-            client, "s3://lake/runs/r/manifest.json", {"ok": True}, {"ServerSideEncryption": "AES256"}
-        )
+        put_json(client, "runs/r/manifest.json")
         assert len(calls) == 4  # three 503 SlowDown, then success
-        assert s3.read_json(client, "s3://lake/runs/r/manifest.json") == {"ok": True}
+        assert client.get_object(Bucket="lake", Key="runs/r/manifest.json")["Body"].read() == b'{"ok": true}'
 
 
 def test_without_the_retry_configuration_the_same_fault_fails(monkeypatch):
@@ -210,14 +214,17 @@ def test_without_the_retry_configuration_the_same_fault_fails(monkeypatch):
         client.create_bucket(Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         flaky(client, "PutObject", failures=3)
         with pytest.raises(ClientError, match="SlowDown"):
-            s3.write_json(client, "s3://lake/x.json", {}, {"ServerSideEncryption": "AES256"})
+            put_json(client, "x.json")
 
 
 def test_airflow_and_cli_clients_carry_the_retry_configuration(monkeypatch):
     from orchard.config import Settings
+    from orchard.lake import RETRIES, airflow_lake, lake_for
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    settings = Settings.from_env({})
+    settings = Settings.from_env({"ORCHARD_LAKE": "s3://lake/x"})
     with mock_aws():
-        for client in (s3.airflow_client(settings), s3.client_for(settings)):
-            assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
+        for lake in (airflow_lake(settings), lake_for(settings)):
+            assert lake.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
+            assert lake.fs.config_kwargs == RETRIES  # s3fs: the same retries on its botocore config
+            assert lake.fs.s3_additional_kwargs == SSE_S3  # and every write encrypted

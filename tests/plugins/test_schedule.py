@@ -7,7 +7,7 @@ import os
 import pytest
 
 from orchard.config import Settings
-from orchard.export import LocalLake
+from orchard.lake import Lake
 from orchard.schedule import ASSET_NAME, dag_schedule, detect_change, source_fingerprint
 
 
@@ -50,7 +50,7 @@ def test_detect_change_reports_once_per_change(tmp_path):
     source, state = tmp_path / "src", f"file://{tmp_path}/lake/state/watch.json"
     source.mkdir()
     (source / "a.jpg").write_bytes(b"a")
-    lake = LocalLake()
+    lake = Lake.local()
     assert detect_change(lake, state, source)["files"] == 1  # first look: a run
     assert detect_change(lake, state, source) is None  # nothing new: no run
     (source / "b.jpg").write_bytes(b"b")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchard.storage import check_source, is_hidden, list_source, merge_csv, sync_folder
+from orchard.storage import check_source, is_hidden, list_source, sync_folder
 
 
 @pytest.fixture
@@ -90,16 +90,3 @@ def test_missing_or_empty_source_fails_clearly(tmp_path):
     (tmp_path / "file.jpg").write_bytes(b"x")
     with pytest.raises(NotADirectoryError):
         check_source(tmp_path / "file.jpg")
-
-
-def test_merge_csv_streams_parts_in_name_order(tmp_path):
-    parts = tmp_path / "parts"
-    parts.mkdir()
-    (parts / "part-00001-x.csv").write_text("b,2\n")
-    (parts / "part-00000-x.csv").write_text("a,1\n")
-    (parts / "part-00002-x.csv").write_text("")
-    (parts / "_SUCCESS").write_text("")
-    out = tmp_path / "run" / "pcaFeatures.csv"
-    merge_csv(["path", "pc_1"], parts, out)
-    assert out.read_text() == "path,pc_1\na,1\nb,2\n"
-    assert [p.name for p in out.parent.iterdir()] == ["pcaFeatures.csv"]

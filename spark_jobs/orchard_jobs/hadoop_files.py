@@ -1,4 +1,8 @@
-"""Small-file I/O through Hadoop's FileSystem, so one code path serves file:, s3: (EMRFS) and s3a:."""
+"""Small files through Hadoop's FileSystem (file:, s3: on EMR, s3a:): the Spark steps' view of the lake.
+
+The Airflow side reaches the same files through orchard.lake; the steps cannot import it (they ship
+alone to the cluster) and need Hadoop's own paths and credentials anyway.
+"""
 
 from __future__ import annotations
 

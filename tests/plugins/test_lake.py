@@ -1,0 +1,161 @@
+"""Every lake operation, the same test on a local folder and on S3 (moto's server, through s3fs and boto3).
+
+The two drift bugs of the former twin lakes are here: a missing file raised FileNotFoundError locally
+but a botocore ClientError on S3, and `exists` matched a prefix on S3 (`runs/r1` "existed" when only
+`runs/r10` did).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from orchard.lake import Lake, s3_access
+
+REGION = "eu-west-1"
+BUCKET = "orchard-lake"
+SSE_S3 = {"ServerSideEncryption": "AES256"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake(request, tmp_path, monkeypatch) -> Iterator[tuple[Lake, str]]:
+    """(the lake, its root URI): a folder, or a fresh bucket on moto's server."""
+    if request.param == "local":
+        yield Lake.local(), f"file://{tmp_path}/lake"
+        return
+    import requests
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAORCHARDLAKETEST1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "lake-test-secret-not-real")
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
+    client, fs = s3_access(REGION, SSE_S3, endpoint_url=endpoint)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    yield Lake(fs, client, SSE_S3), f"s3://{BUCKET}/lake"
+
+
+def test_files_are_written_whole_and_read_back(lake):
+    store, root = lake
+    store.write_bytes(f"{root}/a/b.bin", b"\x00\x01")
+    store.write_bytes(f"{root}/a/b.bin", b"replaced")
+    store.write_json(f"{root}/a/doc.json", {"k": [1, 2]})
+    assert store.read_bytes(f"{root}/a/b.bin") == b"replaced"
+    assert store.read_json(f"{root}/a/doc.json") == {"k": [1, 2]}
+    assert json.loads(store.read_bytes(f"{root}/a/doc.json")) == {"k": [1, 2]}
+
+
+def test_a_missing_file_is_file_not_found_on_every_backend(lake):
+    store, root = lake
+    store.write_json(f"{root}/state/other.json", {})
+    for read in (store.read_bytes, store.read_json, store.delete):
+        with pytest.raises(FileNotFoundError):
+            read(f"{root}/state/source_watch.json")
+
+
+def test_exists_is_exact_not_a_prefix_match(lake):
+    store, root = lake
+    store.write_json(f"{root}/runs/r10/attempt-1/manifest.json", {})
+    assert not store.exists(f"{root}/runs/r1")
+    assert not store.exists(f"{root}/runs/r10/attempt-1/manifest")
+    assert store.exists(f"{root}/runs/r10")  # a folder
+    assert store.exists(f"{root}/runs/r10/attempt-1/manifest.json")  # a file
+    assert store.list_files(f"{root}/runs/r1") == []
+
+
+def test_listing_is_recursive_sorted_and_empty_for_no_folder(lake):
+    store, root = lake
+    for rel in ["b/2.txt", "a/1.txt", "a/z/3.txt", "a b/4.txt"]:
+        store.write_bytes(f"{root}/{rel}", rel.encode())
+    assert store.list_files(f"{root}/a") == [f"{root}/a/1.txt", f"{root}/a/z/3.txt"]
+    assert store.list_files(f"{root}/") == [
+        f"{root}/{r}" for r in ["a b/4.txt", "a/1.txt", "a/z/3.txt", "b/2.txt"]
+    ]
+    assert store.list_files(f"{root}/nothing") == []
+
+
+def test_delete_removes_one_file(lake):
+    store, root = lake
+    store.write_bytes(f"{root}/x/1", b"1")
+    store.write_bytes(f"{root}/x/2", b"2")
+    store.delete(f"{root}/x/1")
+    assert store.list_files(f"{root}/x") == [f"{root}/x/2"]
+
+
+def test_a_spark_parquet_folder_reads_as_one_table(lake):
+    store, root = lake
+    for i in range(2):
+        buffer = io.BytesIO()
+        pd.DataFrame({"path": [f"p{i}"], "n": [i]}).to_parquet(buffer)
+        store.write_bytes(f"{root}/pca/part-0000{i}.parquet", buffer.getvalue())
+    store.write_bytes(f"{root}/pca/_SUCCESS", b"")
+    store.write_bytes(f"{root}/pca/.part-00000.parquet.crc", b"crc")
+    table = store.read_parquet(f"{root}/pca")
+    assert table.to_dict("list") == {"path": ["p0", "p1"], "n": [0, 1]}
+    with pytest.raises(FileNotFoundError):
+        store.read_parquet(f"{root}/nothing")
+
+
+def test_merge_csv_streams_parts_in_name_order(lake):
+    store, root = lake
+    store.write_bytes(f"{root}/parts/part-00001-x.csv", b"b,2\n")
+    store.write_bytes(f"{root}/parts/part-00000-x.csv", b"a,1\n")
+    store.write_bytes(f"{root}/parts/part-00002-x.csv", b"")
+    store.write_bytes(f"{root}/parts/_SUCCESS", b"")
+    store.merge_csv(["path", "pc_1"], f"{root}/parts", f"{root}/run/pcaFeatures.csv")
+    assert store.read_bytes(f"{root}/run/pcaFeatures.csv") == b"path,pc_1\na,1\nb,2\n"
+    # Nothing but the CSV: no temporary file left beside it.
+    assert store.list_files(f"{root}/run") == [f"{root}/run/pcaFeatures.csv"]
+
+
+@pytest.mark.parametrize("lake", ["s3"], indirect=True)
+def test_every_s3_write_is_encrypted(lake):
+    store, root = lake
+    store.write_bytes(f"{root}/a.bin", b"a")
+    store.write_json(f"{root}/b.json", {})
+    store.write_bytes(f"{root}/parts/part-00000.csv", b"x,1\n")
+    store.merge_csv(["path", "pc_1"], f"{root}/parts", f"{root}/c.csv")
+    for key in ("lake/a.bin", "lake/b.json", "lake/c.csv"):
+        assert store.client.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+    assert store.client.head_object(Bucket=BUCKET, Key="lake/b.json")["ContentType"] == "application/json"
+
+
+def test_the_source_is_mirrored_on_every_backend(lake, tmp_path):
+    store, root = lake
+    source = tmp_path / "photos"
+    for rel in ["Kiwi/1.jpg", "Kiwi/2.jpg", "Apple/3.jpg"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(rel.encode() * 10)
+    recorded, first = store.mirror(str(source), f"{root}/images/photos")
+    assert recorded == str(source.resolve())
+    assert (first.uploaded, first.skipped, first.deleted) == (3, 0, 0)
+    (source / "Kiwi" / "2.jpg").unlink()
+    _, second = store.mirror(str(source), f"{root}/images/photos")
+    assert (second.uploaded, second.skipped, second.deleted) == (0, 2, 1)
+    assert store.list_files(f"{root}/images/photos") == [
+        f"{root}/images/photos/Apple/3.jpg",
+        f"{root}/images/photos/Kiwi/1.jpg",
+    ]
+    with pytest.raises(ValueError, match="source: .*does not exist"):
+        store.mirror(str(tmp_path / "missing"), f"{root}/images/missing")
+
+
+def test_a_lake_refuses_uris_of_the_other_backend(lake, tmp_path):
+    store, root = lake
+    other = f"file://{tmp_path}/x.json" if store.on_s3 else f"s3://{BUCKET}/x.json"
+    with pytest.raises(ValueError, match="this lake"):
+        store.read_bytes(other)
