@@ -150,12 +150,12 @@ def test_the_source_is_mirrored_on_every_backend(lake, tmp_path):
         f"{root}/images/photos/Apple/3.jpg",
         f"{root}/images/photos/Kiwi/1.jpg",
     ]
-    with pytest.raises(ValueError, match="source: .*does not exist"):
+    with pytest.raises(ValueError, match=r"source: .*does not exist"):
         store.mirror(str(tmp_path / "missing"), f"{root}/images/missing")
 
 
 def test_a_lake_refuses_uris_of_the_other_backend(lake, tmp_path):
-    store, root = lake
+    store, _ = lake
     other = f"file://{tmp_path}/x.json" if store.on_s3 else f"s3://{BUCKET}/x.json"
     with pytest.raises(ValueError, match="this lake"):
         store.read_bytes(other)
