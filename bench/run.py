@@ -195,8 +195,8 @@ def submit_env(settings: Settings) -> dict:
 
 def model_document(work: Path) -> Path:
     """The run's model document for random:42 weights, converted once as convert_model does."""
-    from orchard.lake import Lake
     from orchard.inference import prepare_model
+    from orchard.lake import Lake
 
     doc = prepare_model(Lake.local(), f"file://{work}/models", f"random:{WEIGHTS_SEED}", "fail")
     path = work / "inference_model.json"
