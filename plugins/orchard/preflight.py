@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m orchard.preflight`: print every check; exit 1 when any failed."""
     import boto3
 
+    from orchard.lake import lake_for
+
     parser = argparse.ArgumentParser(description="Check the AWS set-up of the emr target before a run")
     parser.add_argument("--instance-type", help="instance type to check (default ORCHARD_EMR_INSTANCE_TYPE)")
     args = parser.parse_args(argv)
@@ -353,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM ORCHARD_LAKE={settings.lake}: the emr target needs s3://bucket/prefix")
         return 1
     session = boto3.session.Session(region_name=settings.region)
-    checks = run_checks(settings, session.client, args.instance_type)
+    s3 = lake_for(settings).client  # S3 as the lake reaches it (orchard.lake: one client, with retries)
+    checks = run_checks(
+        settings, lambda service: s3 if service == "s3" else session.client(service), args.instance_type
+    )
     for check in checks:
         print(check)
     failed = problems(checks)
