@@ -151,9 +151,9 @@ if settings.target == "emr":
 
 @task(multiple_outputs=True)
 def upload_images() -> dict[str, Any]:
-    """Mirror the source into the lake and list this attempt's inputs (a clear run is a new attempt)."""
+    """Mirror the source into the lake and list the inputs of a new attempt of this run."""
     context = get_current_context()
-    return pipeline.upload_images(settings, context["params"], context["run_id"], context["ti"].try_number)
+    return pipeline.upload_images(settings, context["params"], context["run_id"])
 
 
 @task(multiple_outputs=True)

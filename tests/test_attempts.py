@@ -38,7 +38,7 @@ def test_clearing_a_finished_run_writes_a_new_attempt_and_moves_latest_last(
     conf = {"source": str(source), "weights": "random:3", "pca_k": 3}
     when = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 
-    first = dag.test(logical_date=when, run_conf=conf)
+    first = dag.test(run_after=when, logical_date=when, run_conf=conf)
     assert first.state == "success"
     latest = json.loads((lake / "latest.json").read_text())
     first_root = local_path(latest["manifest"]).parent
@@ -46,9 +46,9 @@ def test_clearing_a_finished_run_writes_a_new_attempt_and_moves_latest_last(
     seen = digests(first_root)
     assert "pcaFeatures.csv" in seen and "report/report.html" in seen
 
-    # The same logical date again: dag.test clears that run's tasks and runs them again, as
-    # "Clear" on a finished run does in the UI.
-    again = dag.test(logical_date=when, run_conf=conf)
+    # The same run again (same logical date and run-after: the same run id): dag.test clears its
+    # tasks and runs them again, as "Clear" on a finished run does in the UI.
+    again = dag.test(run_after=when, logical_date=when, run_conf=conf)
     assert again.state == "success" and again.run_id == first.run_id
     latest = json.loads((lake / "latest.json").read_text())
     second_root = local_path(latest["manifest"]).parent

@@ -7,6 +7,7 @@ params and what earlier tasks returned, and returns what later tasks need (plain
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -28,10 +29,25 @@ def dataset_name(source: str) -> str:
     return Path(source).expanduser().resolve().name
 
 
+def next_attempt(lake: Lake, shared: LakeLayout, run_id: str) -> int:
+    """1 + the highest attempt of `run_id` the lake holds (1 for a new run).
+
+    Taken from the lake, not from Airflow's try number: whatever re-runs the upload (a clear in
+    the UI, `airflow dags test` on the same run, a retry), it never writes into an attempt readers saw.
+    """
+    folder = shared.run_folder(run_id)
+    found = {
+        int(match.group(1))
+        for uri in lake.list_files(folder)
+        if (match := re.match(r"attempt-(\d+)/", uri[len(folder) + 1 :]))
+    }
+    return max(found, default=0) + 1
+
+
 def upload_images(
-    settings: Settings, params: Mapping[str, Any], run_id: str, attempt: int, lake: Lake | None = None
+    settings: Settings, params: Mapping[str, Any], run_id: str, lake: Lake | None = None
 ) -> dict[str, Any]:
-    """Mirror the source into the lake and list this attempt's inputs.
+    """Mirror the source into the lake and list the inputs of a new attempt of the run.
 
     Returns the attempt's layout (RunLayout.to_xcom), the sync's account and the number of inputs.
     Raises ValueError (naming the source) before any copy when the source is missing or
@@ -50,6 +66,7 @@ def upload_images(
     if report.failed:
         raise OSError(f"{len(report.failed)} files could not be uploaded: {sorted(report.failed)[:5]}")
     # The Spark steps address the lake as Spark does (s3a:// for a local Spark on S3).
+    attempt = next_attempt(lake, LakeLayout(settings.lake), run_id)
     run = LakeLayout(settings.spark_lake).run(dataset, run_id, attempt)
     # The attempt reads exactly this listing, whatever else the lake holds.
     from orchard.storage import listing_parquet
