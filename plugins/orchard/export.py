@@ -165,6 +165,8 @@ def build_manifest(
             "featurize": featurized.get("seconds"),
             "pca": pca.get("seconds"),
         },
+        # The engine that computed the features (its name and version), beside the package versions.
+        "engine": featurized.get("engine"),
         "versions": featurized.get("versions", {}),
         "images": run["images"],
         "outputs": {key: run[key] for key in ("features", "quarantine", "pca", "model", "csv", "report")},
