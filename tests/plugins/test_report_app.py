@@ -34,6 +34,7 @@ def api(airflow_db, tmp_path_factory) -> Iterator[dict]:
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from fastapi.testclient import TestClient
+    from sqlalchemy import delete
 
     from orchard.report import build_report
 
@@ -74,6 +75,9 @@ def api(airflow_db, tmp_path_factory) -> Iterator[dict]:
         return auth.generate_jwt(SimpleAuthManagerUser(username=f"user-{role}", role=role))
 
     yield {"app": app, "client": TestClient(app), "token": token, "lake": uri, "files": files}
+    with create_session() as session:  # the session's DB is shared with the other tests
+        for dag_id, run_id, _ in runs:
+            session.execute(delete(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
 
 
 @pytest.fixture
