@@ -219,3 +219,24 @@ def test_requests_are_checked_before_the_db_or_the_lake(dag_id, run_id, name, st
     refused = report_app._refusal(dag_id, run_id, name)
     assert refused is not None and refused.status_code == status
     assert report_app._refusal(DAG, RUN, "scree.png") is None
+
+
+def test_loading_the_plugin_imports_no_web_stack_and_no_orchard_module_as_a_plugin():
+    """Task processes load plugins too: the app is built only when the api-server asks for it."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from airflow import plugins_manager\n"
+        "plugins, errors = plugins_manager._get_plugins()\n"
+        "print(json.dumps({'plugins': [p.name for p in plugins], 'errors': errors,\n"
+        "  'loaded': sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "    {'fastapi', 'orchard', 'config', 'report', 'report_app', 'emr', 's3'})}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["plugins"] == ["orchard"] and result["errors"] == {}
+    # Not FastAPI, not the report app, and no module of the orchard package imported by file name.
+    assert result["loaded"] == []
