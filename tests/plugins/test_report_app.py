@@ -240,3 +240,15 @@ def test_loading_the_plugin_imports_no_web_stack_and_no_orchard_module_as_a_plug
     assert result["plugins"] == ["orchard"] and result["errors"] == {}
     # Not FastAPI, not the report app, and no module of the orchard package imported by file name.
     assert result["loaded"] == []
+
+
+def test_read_report_file_from_an_s3_lake_through_the_airflow_connection(moto_server):
+    from tests.emr_moto import BUCKET, LAKE
+
+    key = run_layout(LAKE, DAG, RUN)["report"][len(f"s3://{BUCKET}/") :]
+    moto_server.put_object(Bucket=BUCKET, Key=key, Body=b"<p>report</p>", ServerSideEncryption="AES256")
+    assert report_app.read_report_file(RUN, "report.html") == b"<p>report</p>"
+    with pytest.raises(FileNotFoundError):
+        report_app.read_report_file(RUN, "scree.png")
+    with pytest.raises(FileNotFoundError):
+        report_app.read_report_file(RUNNING, "report.html")
