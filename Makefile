@@ -103,7 +103,7 @@ java:
 	@java -version 2>&1 | head -1 | grep -Eq 'version "(1[7-9]|2[0-9])' || { echo "Spark 4 needs Java 17 or newer; found: $$(java -version 2>&1 | head -1)"; exit 1; }
 
 # A user's session in a real browser: Airflow's four services on SQLite, Playwright driving Debian's
-# Chromium. Screenshots (trigger form, successful run, report) go to tests/browser/screenshots/.
+# Chromium. Screenshots (trigger form, the run, its report tab) go to tests/browser/screenshots/.
 e2e: venv java chromium
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 

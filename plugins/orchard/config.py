@@ -7,14 +7,21 @@ does no I/O beyond reading the environment.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings.sources.utils import parse_env_vars
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +64,11 @@ class Settings(BaseSettings):
     emr_idle_timeout: int = 1800
     emr_root_volume_gb: int = 32
     emr_poll_seconds: int = 60
+    # What one instance-hour of a node costs (EC2 + the EMR charge), for the report's cost estimate;
+    # ORCHARD_EMR_PRICES ({"m5.xlarge": 0.240, ...}, JSON) gives prices by instance type, which win.
+    emr_price_per_hour: float | None = Field(None, ge=0)
+    # Decoded here, not by pydantic-settings, so a malformed table gets an error naming the variable.
+    emr_prices: Annotated[dict[str, float], NoDecode] = {}
     s3_endpoint: str | None = None
 
     @classmethod
@@ -123,6 +135,7 @@ class Settings(BaseSettings):
         "emr_subnet_id",
         "emr_security_configuration",
         "s3_endpoint",
+        "emr_price_per_hour",
         mode="before",
     )
     @classmethod
@@ -136,6 +149,26 @@ class Settings(BaseSettings):
     @classmethod
     def _normalise_lake(cls, value: str) -> str:
         return normalise_uri(value)
+
+    @field_validator("emr_prices", mode="before")
+    @classmethod
+    def _prices_from_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'not a JSON object of prices such as {{"m5.xlarge": 0.24}} ({error})') from None
+
+    @field_validator("emr_prices")
+    @classmethod
+    def _prices_are_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = sorted(name for name, price in value.items() if price < 0)
+        if negative:
+            raise ValueError(f"negative prices for {', '.join(negative)}")
+        return value
 
     @field_validator("emr_log_uri")
     @classmethod

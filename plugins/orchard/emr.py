@@ -6,10 +6,11 @@ images, and the failed step's reason and stderr tail in the task log.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
@@ -281,3 +282,94 @@ class ImageStepSensor(EmrStepSensor):
                 self.log.error("Last lines of the step's stderr:\n%s", tail)
         except Exception as exc:  # diagnostics must not replace the real failure
             self.log.warning("Could not read the failed step's diagnostics: %s", exc)
+
+
+def cluster_cost(
+    emr_client: Any,
+    cluster_id: str,
+    price_per_hour: float | None = None,
+    prices: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """What a cluster ran and for how long, with a cost estimate when a price per instance-hour is known.
+
+    `prices` (by instance type) win over `price_per_hour` (any type). The estimate is
+    instances x cluster lifetime x price: nodes start a few minutes after the cluster is created and
+    Spot nodes cost less, so it is an upper bound of the instance charges, not a bill (no EBS, S3 or
+    data transfer). `normalized_instance_hours` is AWS's own figure, in m1.small-hours: "an
+    approximation of the cost of the cluster ... Larger instances are weighted more ... This result
+    is only an approximation and does not reflect the actual billing rate"
+    (https://docs.aws.amazon.com/emr/latest/APIReference/API_ClusterSummary.html, NormalizedInstanceHours).
+    """
+    cluster = emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    status = cluster.get("Status", {})
+    timeline = status.get("Timeline", {})
+    created, ended = timeline.get("CreationDateTime"), timeline.get("EndDateTime")
+    # A cluster still terminating has no end yet: its lifetime so far, and the report says so.
+    until = ended or datetime.datetime.now(datetime.UTC)
+    lifetime = (until - created).total_seconds() if created else None
+    instances = _instances(emr_client, cluster_id, cluster.get("InstanceCollectionType"))
+    result: dict[str, Any] = {
+        "cluster_id": cluster_id,
+        "state": status.get("State"),
+        "created": created.isoformat() if created else None,
+        "ended": ended.isoformat() if ended else None,
+        "lifetime_seconds": lifetime,
+        "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
+        "instances": instances,
+        "estimate": None,
+        "missing_prices": [],
+    }
+    table = dict(prices or {})
+    priced = {
+        group["type"]: table.get(group["type"], price_per_hour)
+        for group in instances
+        if group["count"] is not None
+    }
+    if lifetime is None:
+        result["no_estimate"] = "no estimate: the cluster has no creation time"
+    elif not instances or any(group["count"] is None for group in instances):
+        result["no_estimate"] = "no estimate: the instance counts are not known (instance fleets)"
+    elif table or price_per_hour is not None:
+        missing = sorted(name for name, price in priced.items() if price is None)
+        if missing:
+            result["missing_prices"] = missing
+        else:
+            hours = lifetime / 3600
+            instance_hours = sum(group["count"] for group in instances) * hours
+            cost = sum(group["count"] * hours * priced[group["type"]] for group in instances)
+            result["estimate"] = {
+                "cost": round(cost, 4),
+                "currency": "USD",
+                "instance_hours": round(instance_hours, 4),
+                "prices": {name: priced[name] for name in sorted(priced)},
+                "basis": ", ".join(f"{priced[name]:g}/h for {name}" for name in sorted(priced)),
+            }
+    return result
+
+
+def _instances(emr_client: Any, cluster_id: str, collection: str | None) -> list[dict[str, Any]]:
+    """Role, type, count and market of each instance group (fleets: their types, counts unknown)."""
+    if collection == "INSTANCE_FLEET":
+        fleets = emr_client.list_instance_fleets(ClusterId=cluster_id)["InstanceFleets"]
+        return [
+            {
+                "role": fleet["InstanceFleetType"],
+                "type": spec["InstanceType"],
+                "count": None,
+                "market": "fleet",
+            }
+            for fleet in fleets
+            for spec in fleet.get("InstanceTypeSpecifications", [])
+        ]
+    groups = emr_client.get_paginator("list_instance_groups").paginate(ClusterId=cluster_id)
+    return [
+        {
+            "role": group["InstanceGroupType"],
+            "type": group["InstanceType"],
+            # What was asked for: a terminated cluster's groups run no instance any more.
+            "count": group.get("RequestedInstanceCount", group.get("RunningInstanceCount")),
+            "market": group.get("Market", "ON_DEMAND"),
+        }
+        for page in groups
+        for group in page["InstanceGroups"]
+    ]

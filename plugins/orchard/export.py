@@ -52,6 +52,8 @@ def build_manifest(
             "featurize": featurized.get("seconds"),
             "pca": pca.get("seconds"),
         },
+        # The engine that computed the features (its name and version), beside the package versions.
+        "engine": featurized.get("engine"),
         "versions": featurized.get("versions", {}),
         "images": run.images,
         "outputs": run.outputs(),

@@ -7,11 +7,13 @@ Written next to the run's outputs (`runs/<run>/report/`): `scree.png`, `pc_scatt
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +24,11 @@ MAX_QUARANTINE_ROWS = 200
 
 def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     """Explained variance per component (bars) and cumulated (line), with the chosen k marked."""
+    return _png(scree_figure(ratios, k, target))
+
+
+def scree_figure(ratios: Sequence[float], k: int, target: float | None) -> Any:
+    """The scree plot as a matplotlib figure (closed by `_png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,19 +46,27 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     cumulative = ax.twinx()
     cumulative.plot(components, np.cumsum(shown_ratios) * 100, color="#dd8452", marker=".", label="cumulated")
     cumulative.set_ylabel("cumulated explained variance (%)")
-    cumulative.set_ylim(0, 105)
+    # Headroom above 100% on both axes: the k label sits in that band, where neither the bars nor the
+    # cumulated line can run under it.
+    headroom = 1.2
+    cumulative.set_ylim(0, 100 * headroom)
+    cumulative.set_yticks(range(0, 101, 20))
+    ax.set_ylim(0, max(float(shown_ratios.max(initial=0)) * 100, 1e-9) * headroom)
     kept = float(np.sum(shown_ratios[:k])) * 100
     ax.axvline(k + 0.5, color="#c44e52", linestyle="--", linewidth=1.5)
     # The label sits on the side of the line with more room.
     right_side = k < 0.6 * len(shown_ratios)
     cumulative.annotate(
         f"k = {k} ({kept:.1f}% kept)",
-        xy=(k + 0.5, min(kept, 100)),
-        xytext=(8 if right_side else -8, -18),
+        xy=(k + 0.5, 1),
+        xycoords=("data", "axes fraction"),
+        xytext=(6 if right_side else -6, -6),
         textcoords="offset points",
         ha="left" if right_side else "right",
+        va="top",
         color="#c44e52",
         fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none"},
     )
     if target:
         cumulative.axhline(target * 100, color="grey", linestyle=":", linewidth=1)
@@ -66,7 +81,7 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
     ax.legend(handles=handles, loc="center right")
     ax.set_title("Explained variance by principal component")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def scatter_png(pc1: npt.ArrayLike, pc2: npt.ArrayLike, labels: Sequence[str]) -> bytes:
@@ -111,23 +126,102 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _rows(pairs: Mapping[str, Any]) -> str:
-    return "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs.items()
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@functools.cache
+def templates() -> jinja2.Environment:
+    """Orchard's page templates; every value is escaped unless a template says otherwise."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def timing_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The timings table: seconds per step, and what the step had to do when that explains them."""
+    counts = manifest.get("counts", {})
+    rows = {}
+    for step, seconds in manifest.get("timings_seconds", {}).items():
+        if seconds is None:
+            continue
+        text = f"{seconds:.1f} s"
+        if step == "upload_images" and "uploaded" in counts:
+            unchanged = counts.get("upload_skipped_unchanged", 0)
+            if counts["uploaded"] == 0:
+                # An unchanged re-run: its upload step only compared the source with the lake.
+                text = f"nothing to copy ({unchanged} files unchanged)"
+            else:
+                text += f" ({counts['uploaded']} files copied, {unchanged} unchanged)"
+        elif step == "featurize" and counts.get("from_cache"):
+            text += f" ({counts['from_cache']} of {counts['featurized']} features from the cache)"
+        rows[step] = text
+    return rows
+
+
+def version_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The versions table, led by the inference engine that computed the features."""
+    versions = {str(k): str(v) for k, v in manifest.get("versions", {}).items()}
+    engine = manifest.get("engine")
+    if engine:
+        return {"inference engine": f"{engine['name']} {engine['version']}", **versions}
+    if "onnxruntime" in versions:  # manifests written before the engine was recorded
+        return {"inference engine": f"onnxruntime {versions['onnxruntime']}", **versions}
+    return versions
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _market(market: str) -> str:
+    return market.lower().replace("_", "-")
+
+
+def _lifetime(emr: Mapping[str, Any]) -> str:
+    seconds = emr.get("lifetime_seconds")
+    if seconds is None:
+        return "unknown"
+    return _duration(seconds) + ("" if emr.get("ended") else " so far (not terminated yet)")
+
+
+def cluster_rows(emr: Mapping[str, Any]) -> dict[str, Any]:
+    """The cluster section: what `orchard.emr.cluster_cost` found, the cost labelled an estimate."""
+    instances = ", ".join(
+        f"{group['count']} x {group['type']} ({group['role'].lower()}, {_market(group['market'])})"
+        for group in emr.get("instances", [])
+    )
+    rows = [
+        ("cluster", f"{emr['cluster_id']} ({emr.get('state', 'unknown state')})"),
+        ("lifetime", _lifetime(emr)),
+        ("normalized instance-hours", emr.get("normalized_instance_hours")),
+        ("instances", instances or "none listed"),
+    ]
+    estimate = emr.get("estimate")
+    if estimate:
+        cost = (
+            f"estimate{'' if emr.get('ended') else ' so far'}: {estimate['cost']:.2f} {estimate['currency']} "
+            f"({estimate['instance_hours']:.2f} instance-hours at {estimate['basis']})"
+        )
+    elif emr.get("missing_prices"):
+        cost = (
+            f"no price configured for {', '.join(emr['missing_prices'])}: set ORCHARD_EMR_PRICE_PER_HOUR "
+            "or add them to ORCHARD_EMR_PRICES"
+        )
+    else:
+        cost = emr.get("no_estimate") or "no price configured: set ORCHARD_EMR_PRICE_PER_HOUR"
+    return {"rows": rows, "cost": cost}
 
 
 def report_html(
     manifest: Mapping[str, Any], scree: bytes, scatter: bytes, quarantine: Sequence[tuple]
 ) -> str:
-    """One page, no external resources: counts, plots, timings, weights, versions, quarantine."""
-    counts = manifest["counts"]
-    pca = manifest["pca"]
+    """One page, no external resources: counts, plots, timings, cluster, weights, versions, quarantine."""
     weights = manifest["weights"]
     notes = list(manifest.get("warnings", []))
     if not weights.get("meaningful", True) and not notes:
@@ -135,50 +229,26 @@ def report_html(
             f"Weights {weights.get('used')}: not trained weights, so the features and plots of this run "
             "carry no visual meaning (a plumbing test)."
         )
-    warnings = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in notes)
-    timings = {k: f"{v:.1f} s" for k, v in manifest.get("timings_seconds", {}).items() if v is not None}
-    shown = quarantine[:MAX_QUARANTINE_ROWS]
-    quarantine_rows = "".join(
-        f"<tr><td>{html.escape(str(path))}</td><td>{html.escape(str(reason))}</td></tr>"
-        for path, reason in shown
+    return (
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            run_id=manifest["run_id"],
+            source=str(manifest.get("source")),
+            notes=notes,
+            counts=manifest["counts"],
+            pca=manifest["pca"],
+            scree=base64.b64encode(scree).decode("ascii"),
+            scatter=base64.b64encode(scatter).decode("ascii"),
+            timings=timing_rows(manifest),
+            cluster=cluster_rows(manifest["emr"]) if manifest.get("emr") else None,
+            weights={k: v for k, v in weights.items() if k != "warnings"},
+            versions=version_rows(manifest),
+            quarantine=quarantine[:MAX_QUARANTINE_ROWS],
+            quarantine_total=len(quarantine),
+            outputs=manifest["outputs"],
+        )
     )
-    more = (
-        f"<p>and {len(quarantine) - len(shown)} more (see the quarantine output)</p>"
-        if len(quarantine) > len(shown)
-        else ""
-    )
-    target = f", target {pca['target_variance']:.0%}" if pca.get("target_variance") else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Orchard run {html.escape(manifest["run_id"])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
-h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ text-align: left; padding: .25em .8em; border-bottom: 1px solid #ddd; }}
-.counts td {{ font-size: 1.4em; font-weight: bold; }}
-.warning {{ background: #fde2e1; border-left: 4px solid #c44e52; padding: .6em; }}
-img {{ max-width: 100%; }}
-</style></head>
-<body>
-<h1>Orchard run <code>{html.escape(manifest["run_id"])}</code></h1>
-<p>Source: <code>{html.escape(str(manifest.get("source")))}</code></p>
-{warnings}
-<h2>Images</h2>
-<table class="counts"><tr><th>inputs</th><th>featurized</th><th>quarantined</th></tr>
-<tr><td id="inputs">{counts["inputs"]}</td><td id="featurized">{counts["featurized"]}</td>
-<td id="quarantined">{counts["quarantined"]}</td></tr></table>
-<h2>PCA: k = {pca["k"]} components keep {pca["variance_kept"]:.1%} of the variance{target}</h2>
-{_img(scree, "scree plot")}
-{_img(scatter, "PC1/PC2 scatter")}
-<h2>Timings</h2><table>{_rows(timings)}</table>
-<h2>Weights</h2><table>{_rows({k: v for k, v in weights.items() if k != "warnings"})}</table>
-<h2>Versions</h2><table>{_rows(manifest.get("versions", {}))}</table>
-<h2>Quarantine ({len(quarantine)})</h2>
-<table><tr><th>path</th><th>reason</th></tr>{quarantine_rows}</table>{more}
-<h2>Outputs</h2><table>{_rows(manifest["outputs"])}</table>
-</body></html>
-"""
 
 
 def build_report(

@@ -1,6 +1,6 @@
 """A user's session in a real browser: log in, trigger fruits_pipeline with the form, see it succeed,
-open the report. Airflow runs as its four services (api-server, scheduler, dag-processor,
-triggerer) on SQLite with the LocalExecutor; Playwright drives Debian's Chromium headless.
+open the run and its "Orchard report" tab. Airflow runs as its four services (api-server, scheduler,
+dag-processor, triggerer) on SQLite with the LocalExecutor; Playwright drives Debian's Chromium headless.
 
 Run with `make e2e`; screenshots land in `tests/browser/screenshots/` (or $ORCHARD_E2E_SHOTS).
 """
@@ -13,6 +13,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -148,10 +149,11 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
 
     def run_succeeded():
         page.goto(f"{url}/dags/fruits_pipeline/runs")
-        return page.get_by_text(re.compile(r"success", re.I)).count() > 0
+        # The list is fetched after the page loads: count once the UI's requests have settled.
+        page.wait_for_load_state("networkidle")
+        return page.get_by_text(re.compile(r"^success$", re.I)).count() > 0
 
     wait_for("the run to show success", run_succeeded, timeout=180, every=5)
-    page.screenshot(path=SHOTS / "2-successful-run.png", full_page=True)
 
     # The featurize task's log (the file the UI shows) has the step's progress lines.
     (log_file,) = (airflow["work"] / "home" / "logs").rglob("task_id=featurize/attempt=1.log")
@@ -159,10 +161,30 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
     assert "featurize started: 18 files in 2 tasks" in log_text
     assert "featurize progress: 18/18 images (100%), tasks 2/2" in log_text
 
-    # The report the last task wrote, opened as a user would.
-    report = local_path(manifest["outputs"]["report"])
-    page.goto(report.as_uri())
-    expect(page.locator("#featurized")).to_have_text("18")
-    expect(page.get_by_alt_text("scree plot")).to_be_visible()
-    expect(page.get_by_alt_text("PC1/PC2 scatter")).to_be_visible()
-    page.screenshot(path=SHOTS / "3-report.png", full_page=True)
+    # The run's page, then its "Orchard report" tab: the report from the lake, inside the UI.
+    open_the_report_tab(page, url, manifest["run_id"])
+
+
+def open_the_report_tab(page, url: str, run_id: str) -> None:
+    """The run's page and its "Orchard report" tab, with the counts and both plots drawn."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/dags/fruits_pipeline/runs/{quote(run_id, safe='')}")
+    page.wait_for_load_state("networkidle")
+    tab = page.get_by_role("link", name="Orchard report")  # the run page's tabs are links
+    expect(tab).to_be_visible()
+    page.screenshot(path=SHOTS / "2-successful-run.png", full_page=True)
+    tab.click()
+    expect(page).to_have_url(re.compile(r"/plugin/orchard-report$"))
+    report = page.frame_locator('iframe[title="Orchard report"]')
+    expect(report.locator("#inputs")).to_have_text("18")
+    expect(report.locator("#featurized")).to_have_text("18")
+    expect(report.locator("#quarantined")).to_have_text("0")
+    for alt in ("scree plot", "PC1/PC2 scatter"):
+        plot = report.get_by_alt_text(alt)
+        expect(plot).to_be_visible()
+        # Decoded and drawn, not a broken-image icon.
+        assert plot.evaluate("img => img.complete && img.naturalWidth") >= 800
+    page.screenshot(path=SHOTS / "3-report-tab.png", full_page=True)
+    report.get_by_alt_text("PC1/PC2 scatter").scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "4-report-tab-plots.png", full_page=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pydantic
 import pytest
 
@@ -31,12 +33,25 @@ def test_integers_parse():
         ("ORCHARD_EMR_IDLE_TIMEOUT", "1.5", "valid integer"),
         ("ORCHARD_EMR_CORE_SPOT", "maybe", "valid boolean"),
         ("ORCHARD_TARGET", "gpu", "'local' or 'emr'"),
+        ("ORCHARD_EMR_PRICE_PER_HOUR", "-0.2", "greater than or equal to 0"),
+        ("ORCHARD_EMR_PRICES", "m5.xlarge=0.24", "not a JSON object of prices"),
+        ("ORCHARD_EMR_PRICES", '{"m5.xlarge": -1}', "negative prices for m5.xlarge"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value, message):
     with pytest.raises(ValueError, match=rf"^{name}='{value}': .*{message}") as raised:
         Settings.from_env({name: value})
     assert not isinstance(raised.value, pydantic.ValidationError)  # our message, not pydantic's
+
+
+def test_emr_prices_default_to_none_and_parse_from_json():
+    assert (Settings.from_env({}).emr_price_per_hour, Settings.from_env({}).emr_prices) == (None, {})
+    settings = Settings.from_env(
+        {"ORCHARD_EMR_PRICE_PER_HOUR": "0.3", "ORCHARD_EMR_PRICES": '{"r5.xlarge": 0.5}'}
+    )
+    assert (settings.emr_price_per_hour, settings.emr_prices) == (0.3, {"r5.xlarge": 0.5})
+    blank = Settings.from_env({"ORCHARD_EMR_PRICE_PER_HOUR": "", "ORCHARD_EMR_PRICES": " "})
+    assert (blank.emr_price_per_hour, blank.emr_prices) == (None, {})
 
 
 def test_every_bad_variable_is_named_at_once():
@@ -77,12 +92,17 @@ def test_every_variable_is_read():
         "emr_idle_timeout": 7,
         "emr_root_volume_gb": 7,
         "emr_poll_seconds": 7,
+        "emr_price_per_hour": 0.25,
+        "emr_prices": {"m5.xlarge": 0.24},
     }
     variables = Settings.variables()
     assert len(set(variables.values())) == len(variables)
     assert all(name.startswith("ORCHARD_") for name in variables.values())
     expected = {field: values.get(field, f"value-of-{field}") for field in variables}
-    env = {variables[field]: str(value).lower() for field, value in expected.items()}
+    env = {
+        variables[field]: json.dumps(value) if isinstance(value, dict) else str(value).lower()
+        for field, value in expected.items()
+    }
     settings = Settings.from_env(env)
     assert {field: getattr(settings, field) for field in variables} == expected
     assert {"ORCHARD_AWS_REGION", "ORCHARD_SOURCE", "ORCHARD_SPARK_JOBS"} <= set(variables.values())

@@ -220,3 +220,98 @@ def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(ca
                   Body=gzip.compress(b"INFO start\nValueError: the real reason\n"))  # fmt: skip
     sensor.log_failure()
     assert "ValueError: the real reason" in capfd.readouterr().out
+
+
+def run_cluster(emr_client, core_type="m5.2xlarge", core_count=2) -> str:
+    """A cluster with a 1-node primary group (m5.xlarge) and a Spot core group."""
+    flow = emr_client.run_job_flow(
+        Name="orchard-cost",
+        ReleaseLabel="emr-7.14.0",
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+        Instances={
+            "InstanceGroups": [
+                {
+                    "Name": "primary",
+                    "InstanceRole": "MASTER",
+                    "InstanceType": "m5.xlarge",
+                    "InstanceCount": 1,
+                },
+                {
+                    "Name": "core",
+                    "InstanceRole": "CORE",
+                    "InstanceType": core_type,
+                    "InstanceCount": core_count,
+                    "Market": "SPOT",
+                },
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+    )
+    return flow["JobFlowId"]
+
+
+def set_cluster_facts(cluster_id: str, hours: float, normalized: int) -> None:
+    """What moto does not model: a lifetime of `hours` and AWS's normalized instance-hours."""
+    import datetime
+
+    from tests.emr_moto import clusters
+
+    cluster = clusters()[cluster_id]
+    cluster.normalized_instance_hours = normalized
+    cluster.end_datetime = cluster.creation_datetime + datetime.timedelta(hours=hours)
+
+
+@mock_aws
+def test_cluster_cost_of_a_terminated_cluster_with_a_price_per_type_and_a_default():
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = run_cluster(client)
+    client.terminate_job_flows(JobFlowIds=[cluster_id])
+    set_cluster_facts(cluster_id, hours=0.5, normalized=24)
+
+    cost = emr.cluster_cost(client, cluster_id, price_per_hour=0.3, prices={"m5.2xlarge": 0.5})
+
+    assert cost["state"] == "TERMINATED"
+    assert cost["lifetime_seconds"] == pytest.approx(1800, abs=1)
+    assert cost["normalized_instance_hours"] == 24
+    assert sorted((g["role"], g["type"], g["count"], g["market"]) for g in cost["instances"]) == [
+        ("CORE", "m5.2xlarge", 2, "SPOT"),
+        ("MASTER", "m5.xlarge", 1, "ON_DEMAND"),
+    ]
+    estimate = cost["estimate"]
+    # 1 x 0.5 h x 0.3 (the default price) + 2 x 0.5 h x 0.5 (m5.2xlarge's own) = 0.65
+    assert estimate["cost"] == pytest.approx(0.65, abs=1e-3)
+    assert estimate["instance_hours"] == pytest.approx(1.5, abs=1e-3)
+    assert estimate["prices"] == {"m5.2xlarge": 0.5, "m5.xlarge": 0.3}
+    assert cost["missing_prices"] == []
+
+
+@mock_aws
+def test_cluster_cost_without_prices_or_with_a_type_missing_from_the_table():
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = run_cluster(client)
+    client.terminate_job_flows(JobFlowIds=[cluster_id])
+    set_cluster_facts(cluster_id, hours=2, normalized=48)
+
+    unpriced = emr.cluster_cost(client, cluster_id)
+    assert unpriced["estimate"] is None and unpriced["missing_prices"] == []
+    assert unpriced["normalized_instance_hours"] == 48
+
+    partial = emr.cluster_cost(client, cluster_id, prices={"m5.xlarge": 0.24})
+    assert partial["estimate"] is None
+    assert partial["missing_prices"] == ["m5.2xlarge"]
+
+    flat = emr.cluster_cost(client, cluster_id, price_per_hour=0.25)
+    assert flat["estimate"]["cost"] == pytest.approx(3 * 2 * 0.25, abs=1e-3)
+
+
+@mock_aws
+def test_cluster_cost_of_a_cluster_not_terminated_yet_is_its_cost_so_far():
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = run_cluster(client, core_type="m5.xlarge", core_count=1)
+
+    cost = emr.cluster_cost(client, cluster_id, price_per_hour=1.0)
+
+    assert cost["ended"] is None
+    assert 0 <= cost["lifetime_seconds"] < 60
+    assert cost["estimate"]["cost"] == pytest.approx(2 * cost["lifetime_seconds"] / 3600, rel=0.05, abs=1e-3)
