@@ -7,7 +7,8 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
   (spark-submit, local mode)
 - emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
-  `terminate_cluster` (teardown: it runs whatever happened before it) and `export_csv` → `report`;
+  `terminate_cluster` (teardown: it runs whatever happened before it) → `report` (with what the
+  cluster ran, for how long, and an estimate of its cost when ORCHARD_EMR_PRICE_PER_HOUR is set);
   then `check_outcome` (teardown too), the run's verdict: it fails the run unless every other task
   succeeded, so a failed step, or a run marked failed while it waits for a step, ends failed
 
@@ -24,7 +25,8 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
    `pca_variance` of the variance.
 5. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
 6. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
-   `pc_scatter.png`; its log prints where they are. Then `latest.json` points at this attempt.
+   `pc_scatter.png`; its log prints where they are. Open it from the run's **Orchard report** tab.
+   Then `latest.json` points at this attempt.
 
 ## Reading the report
 
@@ -169,9 +171,9 @@ def export_csv(run: dict[str, Any], sync: dict[str, Any]) -> str:
 
 
 @task
-def report(run: dict[str, Any]) -> str:
-    """Plots and one HTML page summing up the run, then latest.json; its log says where they are."""
-    return pipeline.report(settings, RunLayout.from_xcom(run))
+def report(run: dict[str, Any], cluster_id: str | None = None) -> str:
+    """Plots and one HTML page summing up the run (on EMR, what the cluster cost), then latest.json."""
+    return pipeline.report(settings, RunLayout.from_xcom(run), cluster_id)
 
 
 @task
@@ -287,9 +289,11 @@ def emr_spark_steps(upload: Any, convert: Any) -> None:
     # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
     upload >> [add_featurize_step, add_pca_step]
     add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
-    # The report needs the lake only: the cluster need not wait for it.
-    reported = report(upload["run"])
+    # The report says what the cluster ran and for how long: it follows the cluster's teardown (the
+    # cluster never waits for the report).
+    reported = report(upload["run"], create_cluster.output)
     export >> reported
+    terminate_cluster >> reported
     [terminate_cluster, reported] >> check_outcome()
 
 

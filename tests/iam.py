@@ -246,7 +246,16 @@ def emr_requests(call: Call, cluster_tags: dict[str, list]) -> list[Request]:
         return out
     if name in {"ListReleaseLabels", "ListSupportedInstanceTypes", "DescribeReleaseLabel"}:
         return [Request(f"elasticmapreduce:{name}", "*", {}, name)]
-    if name in {"AddJobFlowSteps", "DescribeCluster", "DescribeStep", "ListSteps", "CancelSteps"}:
+    # The cluster resource type (aws:ResourceTag conditions): Service Authorization Reference,
+    # list_amazonelasticmapreduce (ListInstanceGroups: resource type cluster*).
+    if name in {
+        "AddJobFlowSteps",
+        "DescribeCluster",
+        "DescribeStep",
+        "ListInstanceGroups",
+        "ListSteps",
+        "CancelSteps",
+    }:
         cluster_id = p["ClusterId"] if "ClusterId" in p else p["JobFlowId"]
         context = _tags_context(cluster_tags.get(cluster_id, []), "ResourceTag")
         return [Request(f"elasticmapreduce:{name}", cluster_arn + cluster_id, context, name)]

@@ -292,6 +292,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert manifest["counts"]["quarantined"] == 1
     assert manifest["weights"]["used"] == str(weights_file)
     assert manifest["weights"]["meaningful"]
+    check_cluster_facts(manifest, cluster)
     csv_key = latest["csv"].removeprefix(f"s3://{BUCKET}/")
     head = s3.head_object(Bucket=BUCKET, Key=csv_key)
     assert head["ServerSideEncryption"] == "AES256"
@@ -312,6 +313,18 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     check_report_and_logs(s3, manifest, capfd, caplog)
 
 
+def check_cluster_facts(manifest: dict, cluster) -> None:
+    """What the cluster ran and for how long, as DescribeCluster and ListInstanceGroups answered."""
+    emr_facts = manifest["emr"]
+    assert (emr_facts["cluster_id"], emr_facts["state"]) == (cluster.id, "TERMINATED")
+    assert emr_facts["normalized_instance_hours"] == cluster.normalized_instance_hours
+    assert sorted((g["role"], g["type"], g["count"]) for g in emr_facts["instances"]) == [
+        ("CORE", "m5.xlarge", 3),
+        ("MASTER", "m5.xlarge", 1),
+    ]
+    assert emr_facts["lifetime_seconds"] is not None and emr_facts["estimate"] is None  # no price set
+
+
 def check_executor_imports(imports: Path) -> None:
     """Python workers of the executors (separate processes) imported orchard_jobs, only from the zip."""
     logs = list(imports.iterdir())
@@ -325,6 +338,8 @@ def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
     """The report is in the run's output, encrypted, its log says where; no credential in any log."""
     report_key = manifest["outputs"]["report"].removeprefix(f"s3://{BUCKET}/")
     assert s3.head_object(Bucket=BUCKET, Key=report_key)["ServerSideEncryption"] == "AES256"
+    page = s3.get_object(Bucket=BUCKET, Key=report_key)["Body"].read().decode("utf-8")
+    assert "normalized instance-hours" in page and manifest["emr"]["cluster_id"] in page
     output = capfd.readouterr()
     assert f"run report: {manifest['outputs']['report']}" in caplog.text
     assert_no_secrets(output.out, output.err, caplog.text)

@@ -97,6 +97,21 @@ def publish(lake: Lake, run: RunLayout) -> None:
     log.info("latest.json now points at %s", run.root)
 
 
+def reported_attempt(lake: Lake, lake_uri: str, run_id: str) -> RunLayout | None:
+    """The newest attempt of a run that has its report, as its manifest describes it; else None."""
+    shared = LakeLayout(lake_uri)
+    manifests = sorted(
+        (attempt, uri)
+        for uri in lake.list_files(shared.run_folder(run_id))
+        if uri.endswith("/manifest.json") and (attempt := shared.attempt_of(run_id, uri)) is not None
+    )
+    for _, uri in reversed(manifests):
+        run = RunLayout.from_xcom(lake.read_json(uri)["run"])
+        if lake.exists(run.report):
+            return run
+    return None
+
+
 REPORT_TYPES = {".png": "image/png", ".html": "text/html; charset=utf-8"}
 
 

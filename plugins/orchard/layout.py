@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ATTEMPT = re.compile(r"attempt-([1-9][0-9]*)/")
 
 
 def slug(text: str) -> str:
@@ -62,6 +63,12 @@ class LakeLayout:
     def run_folder(self, run_id: str) -> str:
         """All attempts of one run."""
         return f"{self.runs}/{slug(run_id)}"
+
+    def attempt_of(self, run_id: str, uri: str) -> int | None:
+        """The attempt number of a URI below `run_folder(run_id)`, or None for any other URI."""
+        folder = self.run_folder(run_id) + "/"
+        match = _ATTEMPT.match(uri[len(folder) :]) if uri.startswith(folder) else None
+        return int(match.group(1)) if match else None
 
     @property
     def latest(self) -> str:

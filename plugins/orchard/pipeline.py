@@ -7,7 +7,6 @@ params and what earlier tasks returned, and returns what later tasks need (plain
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -35,13 +34,8 @@ def next_attempt(lake: Lake, shared: LakeLayout, run_id: str) -> int:
     Taken from the lake, not from Airflow's try number: whatever re-runs the upload (a clear in
     the UI, `airflow dags test` on the same run, a retry), it never writes into an attempt readers saw.
     """
-    folder = shared.run_folder(run_id)
-    found = {
-        int(match.group(1))
-        for uri in lake.list_files(folder)
-        if (match := re.match(r"attempt-(\d+)/", uri[len(folder) + 1 :]))
-    }
-    return max(found, default=0) + 1
+    found = {shared.attempt_of(run_id, uri) for uri in lake.list_files(shared.run_folder(run_id))}
+    return max((n for n in found if n is not None), default=0) + 1
 
 
 def upload_images(
@@ -93,11 +87,22 @@ def export_csv(settings: Settings, run: RunLayout, sync: Mapping[str, Any]) -> s
     return run.csv
 
 
-def report(settings: Settings, run: RunLayout) -> str:
-    """The report (plots and one HTML page), then `latest.json`: the attempt is finished."""
+def report(settings: Settings, run: RunLayout, cluster_id: str | None = None, emr_client: Any = None) -> str:
+    """The report (plots and one HTML page), then `latest.json`: the attempt is finished.
+
+    On the emr target (`cluster_id`), the manifest first gets what the cluster ran and for how long,
+    with a cost estimate when a price is configured (`emr.cluster_cost`).
+    """
     from orchard.export import publish, write_report
 
     lake = airflow_lake(settings)
+    if cluster_id:
+        client = emr_client or aws_client(settings, "emr")
+        manifest = lake.read_json(run.manifest)
+        manifest["emr"] = emr.cluster_cost(
+            client, cluster_id, settings.emr_price_per_hour, settings.emr_prices
+        )
+        lake.write_json(run.manifest, manifest)
     page = write_report(lake, run)
     publish(lake, run)
     return page

@@ -41,16 +41,19 @@ HEADERS = {
 def read_report_file(run_id: str, name: str) -> bytes:
     """One file of a run's report, from the lake the pipeline writes to; FileNotFoundError when absent.
 
-    The one place this app knows where reports live: `run_layout(...)["report"]`'s folder.
+    The report of the run's newest attempt that has one (`export.reported_attempt`), in the folder
+    its RunLayout names.
     """
     from orchard.config import Settings
-    from orchard.export import airflow_lake
-    from orchard.layout import run_layout
+    from orchard.export import reported_attempt
+    from orchard.lake import airflow_lake
 
     settings = Settings.from_env()
-    # The report's folder depends on the lake and the run only (the dataset argument names images).
-    folder = run_layout(settings.lake, DAG_ID, run_id)["report"].rsplit("/", 1)[0]
-    return airflow_lake(settings).read_bytes(f"{folder}/{name}")
+    lake = airflow_lake(settings)
+    run = reported_attempt(lake, settings.lake, run_id)
+    if run is None:
+        raise FileNotFoundError(f"run {run_id!r} has no report in the lake")
+    return lake.read_bytes(f"{run.report_folder}/{name}")
 
 
 def _message(status: int, title: str, text: str, run_id: str | None = None) -> HTMLResponse:

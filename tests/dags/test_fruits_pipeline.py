@@ -36,7 +36,7 @@ EMR_GRAPH = {
     "wait_pca": ["add_pca_step", "create_cluster", "upload_images"],
     "export_csv": ["upload_images", "wait_pca"],
     "terminate_cluster": ["create_cluster", "export_csv"],
-    "report": ["export_csv", "upload_images"],
+    "report": ["create_cluster", "export_csv", "terminate_cluster", "upload_images"],
     "check_outcome": ["report", "terminate_cluster"],
 }
 

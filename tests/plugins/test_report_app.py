@@ -7,6 +7,7 @@ from plugins/ as the api-server does, with the simple auth manager and JWTs it s
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchard import report_app
-from orchard.layout import run_layout
+from orchard.layout import LakeLayout
 from tests.plugins.test_report import MANIFEST, tables
 
 DAG = "fruits_pipeline"
@@ -43,14 +44,15 @@ def api(airflow_db, tmp_path_factory) -> Iterator[dict]:
     uri = f"file://{lake}"
     summary, pca, quarantine = tables()
     files = build_report({**MANIFEST, "run_id": RUN}, summary, pca, quarantine)
-    folder = run_layout(uri, DAG, RUN)["report"].rsplit("/", 1)[0][len("file://") :]
+    run = LakeLayout(uri).run("sample", RUN)
+    folder = run.report_folder[len("file://") :]
     os.makedirs(folder)
     for name, data in files.items():
         with open(f"{folder}/{name}", "wb") as out:
             out.write(data)
     # Beside the report and above it: files a path trick would try to reach.
-    with open(f"{folder}/../manifest.json", "wb") as out:
-        out.write(SECRET)
+    with open(run.manifest[len("file://") :], "w", encoding="utf-8") as out:
+        json.dump({"run": run.to_xcom(), "note": SECRET.decode()}, out)
     with open(f"{lake}/secret.txt", "wb") as out:
         out.write(SECRET)
 
@@ -245,9 +247,23 @@ def test_loading_the_plugin_imports_no_web_stack_and_no_orchard_module_as_a_plug
 def test_read_report_file_from_an_s3_lake_through_the_airflow_connection(moto_server):
     from tests.emr_moto import BUCKET, LAKE
 
-    key = run_layout(LAKE, DAG, RUN)["report"][len(f"s3://{BUCKET}/") :]
+    run = LakeLayout(LAKE).run("sample", RUN)
+    key, manifest_key = (uri[len(f"s3://{BUCKET}/") :] for uri in (run.report, run.manifest))
     moto_server.put_object(Bucket=BUCKET, Key=key, Body=b"<p>report</p>", ServerSideEncryption="AES256")
+    manifest = json.dumps({"run": run.to_xcom()}).encode()
+    moto_server.put_object(Bucket=BUCKET, Key=manifest_key, Body=manifest, ServerSideEncryption="AES256")
     assert report_app.read_report_file(RUN, "report.html") == b"<p>report</p>"
+    # A second attempt (the run cleared) that has its manifest but no report yet: still the first's.
+    again = LakeLayout(LAKE).run("sample", RUN, attempt=2)
+    put = {"Bucket": BUCKET, "ServerSideEncryption": "AES256"}
+    moto_server.put_object(
+        Key=again.manifest[len(f"s3://{BUCKET}/") :],
+        Body=json.dumps({"run": again.to_xcom()}).encode(),
+        **put,
+    )
+    assert report_app.read_report_file(RUN, "report.html") == b"<p>report</p>"
+    moto_server.put_object(Key=again.report[len(f"s3://{BUCKET}/") :], Body=b"<p>again</p>", **put)
+    assert report_app.read_report_file(RUN, "report.html") == b"<p>again</p>"
     with pytest.raises(FileNotFoundError):
         report_app.read_report_file(RUN, "scree.png")
     with pytest.raises(FileNotFoundError):
