@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA as SkPCA
 
-from orchard.storage import merge_csv
+from orchard.lake import Lake
 from orchard_jobs import pca as pca_ops
 
 pytestmark = pytest.mark.spark
@@ -159,7 +159,7 @@ def test_csv_parts_merge_into_one_quoted_sorted_table(spark, tmp_path):
     assert len([p for p in parts.glob("part-*") if p.stat().st_size]) > 1
 
     out = tmp_path / "pcaFeatures.csv"
-    merge_csv(pca_ops.csv_columns(3), parts, out)
+    Lake.local().merge_csv(pca_ops.csv_columns(3), f"file://{parts}", f"file://{out}")
     table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
 
     assert table[0] == ["path", "label", "pc_1", "pc_2", "pc_3"]
