@@ -97,18 +97,24 @@ def publish(lake: Lake, run: RunLayout) -> None:
     log.info("latest.json now points at %s", run.root)
 
 
+def attempts(lake: Lake, lake_uri: str, run_id: str) -> dict[int, list[str]]:
+    """The attempts of a run the lake holds: attempt number -> the URIs of its files."""
+    shared = LakeLayout(lake_uri)
+    found: dict[int, list[str]] = {}
+    for uri in lake.list_files(shared.run_folder(run_id)):
+        attempt = shared.attempt_of(run_id, uri)
+        if attempt is not None:
+            found.setdefault(attempt, []).append(uri)
+    return found
+
+
 def reported_attempt(lake: Lake, lake_uri: str, run_id: str) -> RunLayout | None:
     """The newest attempt of a run that has its report, as its manifest describes it; else None."""
-    shared = LakeLayout(lake_uri)
-    manifests = sorted(
-        (attempt, uri)
-        for uri in lake.list_files(shared.run_folder(run_id))
-        if uri.endswith("/manifest.json") and (attempt := shared.attempt_of(run_id, uri)) is not None
-    )
-    for _, uri in reversed(manifests):
-        run = RunLayout.from_xcom(lake.read_json(uri)["run"])
-        if lake.exists(run.report):
-            return run
+    for _, files in sorted(attempts(lake, lake_uri, run_id).items(), reverse=True):
+        for uri in (u for u in files if u.endswith("/manifest.json")):
+            run = RunLayout.from_xcom(lake.read_json(uri)["run"])
+            if lake.exists(run.report):
+                return run
     return None
 
 

@@ -172,13 +172,13 @@ class Lake:
         if on_s3(source):
             if not self.on_s3:
                 raise ValueError(f"source {source!r} is on S3; it needs a lake on S3 (ORCHARD_LAKE=s3://...)")
-            uri = "s3://" + "/".join(part for part in split_uri(source) if part)
+            uri = source_location(source)
             try:  # before anything is copied or any cluster is created
                 s3.check_s3_source(self.client, uri)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"source: {exc}") from exc
             return uri, s3.sync_s3_to_s3(uri, images_uri, self.client, self.encryption, limit)
-        folder = Path(source).expanduser().resolve()
+        folder = Path(source_location(source))
         try:  # before anything is uploaded or any cluster is created
             check_source(folder)
         except (OSError, ValueError) as exc:
@@ -186,6 +186,13 @@ class Lake:
         if self.on_s3:
             return str(folder), s3.sync_to_s3(folder, images_uri, self.client, self.encryption, limit)
         return str(folder), sync_folder(folder, Path(self._path(images_uri)), limit=limit)
+
+
+def source_location(source: str) -> str:
+    """A source as a run records it: an s3:// URI without empty parts, or a resolved folder path."""
+    if on_s3(source):
+        return "s3://" + "/".join(part for part in split_uri(source) if part)
+    return str(Path(source).expanduser().resolve())
 
 
 def _hidden(uri: str) -> bool:

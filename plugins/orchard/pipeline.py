@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from orchard import emr
 from orchard.config import Settings
-from orchard.lake import Lake, airflow_lake, on_s3, split_uri
+from orchard.lake import Lake, airflow_lake, source_location
 from orchard.layout import LakeLayout, RunLayout
 
 log = logging.getLogger(__name__)
@@ -23,31 +23,28 @@ log = logging.getLogger(__name__)
 
 def dataset_name(source: str) -> str:
     """The dataset a source feeds: its folder's (or S3 prefix's) last name."""
-    if on_s3(source):
-        return [part for part in "/".join(split_uri(source)).split("/") if part][-1]
-    return Path(source).expanduser().resolve().name
+    return source_location(source).rsplit("/", 1)[-1]
 
 
-def next_attempt(lake: Lake, shared: LakeLayout, run_id: str) -> int:
+def next_attempt(lake: Lake, lake_uri: str, run_id: str) -> int:
     """1 + the highest attempt of `run_id` the lake holds (1 for a new run).
 
     Taken from the lake, not from Airflow's try number: whatever re-runs the upload (a clear in
     the UI, `airflow dags test` on the same run, a retry), it never writes into an attempt readers saw.
     """
-    found = {shared.attempt_of(run_id, uri) for uri in lake.list_files(shared.run_folder(run_id))}
-    return max((n for n in found if n is not None), default=0) + 1
+    from orchard.export import attempts
+
+    return max(attempts(lake, lake_uri, run_id), default=0) + 1
 
 
-def upload_images(
-    settings: Settings, params: Mapping[str, Any], run_id: str, lake: Lake | None = None
-) -> dict[str, Any]:
+def upload_images(settings: Settings, params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Mirror the source into the lake and list the inputs of a new attempt of the run.
 
     Returns the attempt's layout (RunLayout.to_xcom), the sync's account and the number of inputs.
     Raises ValueError (naming the source) before any copy when the source is missing or
     empty, and OSError when files could not be copied.
     """
-    lake = lake or airflow_lake(settings)
+    lake = airflow_lake(settings)
     started = time.monotonic()
     dataset = dataset_name(params["source"])
     try:
@@ -60,7 +57,7 @@ def upload_images(
     if report.failed:
         raise OSError(f"{len(report.failed)} files could not be uploaded: {sorted(report.failed)[:5]}")
     # The Spark steps address the lake as Spark does (s3a:// for a local Spark on S3).
-    attempt = next_attempt(lake, LakeLayout(settings.lake), run_id)
+    attempt = next_attempt(lake, settings.lake, run_id)
     run = LakeLayout(settings.spark_lake).run(dataset, run_id, attempt)
     # The attempt reads exactly this listing, whatever else the lake holds.
     from orchard.storage import listing_parquet
@@ -87,7 +84,7 @@ def export_csv(settings: Settings, run: RunLayout, sync: Mapping[str, Any]) -> s
     return run.csv
 
 
-def report(settings: Settings, run: RunLayout, cluster_id: str | None = None, emr_client: Any = None) -> str:
+def report(settings: Settings, run: RunLayout, cluster_id: str | None = None) -> str:
     """The report (plots and one HTML page), then `latest.json`: the attempt is finished.
 
     On the emr target (`cluster_id`), the manifest first gets what the cluster ran and for how long,
@@ -97,8 +94,8 @@ def report(settings: Settings, run: RunLayout, cluster_id: str | None = None, em
 
     lake = airflow_lake(settings)
     if cluster_id:
-        client = emr_client or aws_client(settings, "emr")
         manifest = lake.read_json(run.manifest)
+        client = aws_client(settings, "emr")
         manifest["emr"] = emr.cluster_cost(
             client, cluster_id, settings.emr_price_per_hour, settings.emr_prices
         )
@@ -120,14 +117,14 @@ def aws_client(settings: Settings, service: str) -> Any:
     ).conn
 
 
-def check_aws(settings: Settings, instance_type: str, client: Callable[[str], Any] | None = None) -> None:
+def check_aws(settings: Settings, instance_type: str) -> None:
     """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
     from orchard.preflight import problems, run_checks
 
-    def default_client(service: str) -> Any:
+    def client(service: str) -> Any:
         return airflow_lake(settings).client if service == "s3" else aws_client(settings, service)
 
-    checks = run_checks(settings, client or default_client, instance_type)
+    checks = run_checks(settings, client, instance_type)
     for check in checks:
         print(check)
     failed = problems(checks)

@@ -251,23 +251,25 @@ def run_cluster(emr_client, core_type="m5.2xlarge", core_count=2) -> str:
     return flow["JobFlowId"]
 
 
-def set_cluster_facts(cluster_id: str, hours: float, normalized: int) -> None:
-    """What moto does not model: a lifetime of `hours` and AWS's normalized instance-hours."""
+def terminated_cluster(client, hours: float, normalized: int) -> str:
+    """A cluster run and terminated, with what moto does not model: a lifetime of `hours` and AWS's
+    normalized instance-hours."""
     import datetime
 
     from tests.emr_moto import clusters
 
+    cluster_id = run_cluster(client)
+    client.terminate_job_flows(JobFlowIds=[cluster_id])
     cluster = clusters()[cluster_id]
     cluster.normalized_instance_hours = normalized
     cluster.end_datetime = cluster.creation_datetime + datetime.timedelta(hours=hours)
+    return cluster_id
 
 
 @mock_aws
 def test_cluster_cost_of_a_terminated_cluster_with_a_price_per_type_and_a_default():
     client = boto3.client("emr", region_name="eu-west-1")
-    cluster_id = run_cluster(client)
-    client.terminate_job_flows(JobFlowIds=[cluster_id])
-    set_cluster_facts(cluster_id, hours=0.5, normalized=24)
+    cluster_id = terminated_cluster(client, hours=0.5, normalized=24)
 
     cost = emr.cluster_cost(client, cluster_id, price_per_hour=0.3, prices={"m5.2xlarge": 0.5})
 
@@ -289,9 +291,7 @@ def test_cluster_cost_of_a_terminated_cluster_with_a_price_per_type_and_a_defaul
 @mock_aws
 def test_cluster_cost_without_prices_or_with_a_type_missing_from_the_table():
     client = boto3.client("emr", region_name="eu-west-1")
-    cluster_id = run_cluster(client)
-    client.terminate_job_flows(JobFlowIds=[cluster_id])
-    set_cluster_facts(cluster_id, hours=2, normalized=48)
+    cluster_id = terminated_cluster(client, hours=2, normalized=48)
 
     unpriced = emr.cluster_cost(client, cluster_id)
     assert unpriced["estimate"] is None and unpriced["missing_prices"] == []
