@@ -229,10 +229,32 @@ def measured(command: list[str], settings: Settings) -> tuple[float, str, dict]:
     return wall, output, peaks
 
 
+_UPLOADED: dict[Path, tuple[Path, Path]] = {}
+
+
+def uploaded(images: Path) -> tuple[Path, Path]:
+    """`images` mirrored into a lake folder by the upload's own code, and the input listing it wrote.
+
+    Done once per folder, outside the timings: what the DAG's upload task hands the featurize step.
+    """
+    if images not in _UPLOADED:
+        from orchard.storage import listing_parquet, sync_folder
+
+        lake = images.parent / f"{images.name}-lake"
+        report = sync_folder(images, lake / "images")
+        (lake / "inputs.parquet").write_bytes(listing_parquet(report.inputs))
+        _UPLOADED[images] = (lake / "images", lake / "inputs.parquet")
+    return _UPLOADED[images]
+
+
 def spark_submit(settings: Settings, images: Path, out: Path, model: Path, master: str = "local[2]") -> dict:
-    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory."""
+    """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory.
+
+    Like the DAG's, it reads the upload's input listing (--inputs).
+    """
+    images, inputs = uploaded(images)
     args = [
-        "--images", f"file://{images}", "--features", f"file://{out}/features",
+        "--images", f"file://{images}", "--inputs", f"file://{inputs}", "--features", f"file://{out}/features",
         "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
         "--model", f"file://{model}",
     ]  # fmt: skip
@@ -324,12 +346,14 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     broadcast = spark.sparkContext.broadcast(model)
-    uri = f"file://{images}"
+    # What the featurize step reads in a DAG run: the lake's copy and the upload's input listing.
+    lake_images, inputs = uploaded(images)
+    uri, listing = f"file://{lake_images}", f"file://{inputs}"
     slots = spark.sparkContext.defaultParallelism
     partitions = features.plan_partitions(len(paths), slots)
 
     def spark_pipeline():
-        files, _ = features.read_images(spark, uri)
+        files, _ = features.read_images(spark, uri, listing)
         results = features.featurize(files, broadcast, partitions, threads=1)
         # Summing the features' lengths forces the UDF on every row (a count() would skip it).
         return results.agg(F.sum(F.size("features"))).first()[0]
@@ -347,7 +371,7 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
         log(f"steady rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()))
 
     # The Spark path (ONNX Runtime in the workers) computes the same numbers as plain Keras.
-    files, _ = features.read_images(spark, uri)
+    files, _ = features.read_images(spark, uri, listing)
     got = features.featurize(files, broadcast, partitions, threads=1).select("path", "features")
     by_path = {r.path: r.features for r in got.collect()}
     order = [p.relative_to(images).as_posix() for p in paths]

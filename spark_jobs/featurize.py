@@ -20,7 +20,7 @@ import time
 from typing import Any, cast
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import Observation, SparkSession
 
 from orchard_jobs import engine, features, hadoop_files
 from orchard_jobs.progress import StageProgress
@@ -72,8 +72,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     broadcast = spark.sparkContext.broadcast(model)
     phases["model"] = time.time() - started
     files, listing = features.read_images(spark, args.images, args.inputs or None, args.limit or None)
-    listing = listing.persist()
-    listed = listing.count()
+    listed = listing.count()  # an upload's listing: Parquet metadata; Spark's own: a local relation
     phases["listing"] = time.time() - started - phases["model"]
     cache_at = features.cache_uri(args.cache, digest) if args.cache else None
     cache = features.read_cache(spark, cache_at) if cache_at else None
@@ -83,28 +82,32 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     task_cpus = int(cast(str, spark.conf.get("spark.task.cpus", "1")))  # with a default: never None
     slots = max(1, spark.sparkContext.defaultParallelism // task_cpus)
     partitions = args.partitions or features.plan_partitions(pending, slots)
+    # Computed once, by the first write; the second output and the cache read them back from
+    # local disk, so the driver's memory does not grow with the input.
     results = features.featurize_incremental(todo, known, broadcast, partitions, task_cpus)
-    # The counts and both outputs come from one evaluation: the model runs once per image.
-    results.persist(StorageLevel.MEMORY_AND_DISK)
+    results.persist(StorageLevel.DISK_ONLY)
     if cache_at:
         logging.getLogger("featurize").info(
             "%d of %d files to featurize; the others' contents are in the cache", pending, listed
         )
     job_started = time.time()
     phases["cache_lookup"] = job_started - started - phases["model"] - phases["listing"]
+    outcomes = features.outcomes(spark, results, listing, args.images, sized=bool(args.inputs))
+    # The counts come from the features' write itself (observed metrics): no job of their own.
+    observation = Observation("orchard-outcomes")
+    observed = outcomes.observe(observation, *features.outcome_metrics())
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
-        results.count()
-    outcomes = features.outcomes(spark, results, listing, args.images)
-    counts = features.count_outcomes(outcomes)
+        features.featurized(observed).write.mode("overwrite").parquet(args.features)
+    counts = {key: int(observation.get[key]) for key in features.OUTCOME_COUNTS}
     phases["featurize"] = time.time() - job_started
+    features.quarantined(outcomes).write.mode("overwrite").parquet(args.quarantine)
+    # Outcomes that do not add up fail the step (and the run) before anything reaches the cache,
+    # which later runs share.
     if counts["inputs"] != listed or counts["featurized"] + counts["quarantined"] != listed:
         raise RuntimeError(f"accounting failed: {listed} listed inputs, outcomes {counts}")
-    features.featurized(outcomes).write.mode("overwrite").parquet(args.features)
-    features.quarantined(outcomes).write.mode("overwrite").parquet(args.quarantine)
     if cache_at:  # new files of the cache, written once this run's outputs are complete
         features.new_cache_rows(results).write.mode("append").parquet(cache_at)
     results.unpersist()
-    listing.unpersist()
     phases["write"] = time.time() - job_started - phases["featurize"]
 
     summary = {

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     spark_jobs_dir: str = Field(str(PROJECT_ROOT / "spark_jobs"), validation_alias="ORCHARD_SPARK_JOBS")
     pyspark_python: str = sys.executable
     spark_driver_memory: str = "2g"
+    # The local steps' JVM class archive (`python -m orchard.jvm_archive`, built by make demo and
+    # make bench), beside the pyspark whose jars it holds; used when present. Empty: never.
+    spark_class_archive: str = str(Path(sys.prefix) / "orchard-spark-classes.jsa")
     weights: str = "imagenet"
     weights_fallback: str = "random"
     aws_conn_id: str = "aws_default"

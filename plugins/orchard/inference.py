@@ -8,13 +8,16 @@ every later run with the same weights, so a re-run imports no TensorFlow at all.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # Where Keras caches the ImageNet weights of MobileNetV2 without its classifier.
 KERAS_NO_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# Where Keras downloads them from (keras.applications.mobilenet_v2's BASE_WEIGHT_PATH).
+KERAS_WEIGHTS_URL = (
+    f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{KERAS_NO_TOP}"
+)
+DOWNLOAD_TIMEOUT = 60
 MODEL_FILE = "mobilenet_v2.onnx"
 INFO_FILE = "model.json"
 # Bumped when the conversion itself changes (graph inputs, preprocessing), so old files are not reused.
@@ -49,6 +57,27 @@ def weights_identity(kind: str, arg: Any) -> str | None:
         return f"file:{file_sha256(Path(arg))}"
     cached = keras_imagenet_file()
     return f"file:{file_sha256(cached)}" if cached.is_file() else None
+
+
+def fetch_imagenet() -> Exception | None:
+    """Download the ImageNet weights file into Keras's cache, as Keras would; the error if that failed.
+
+    Done here, without TensorFlow, so that an offline machine learns it needs the fallback in
+    ~0.1 s instead of a TensorFlow import, and reuses the fallback's converted model. Kept by hand
+    (urllib) because Keras's own get_file needs TensorFlow imported.
+    """
+    from orchard.storage import replaced_atomically
+
+    target = keras_imagenet_file()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(KERAS_WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT) as response:
+            with replaced_atomically(target) as out:
+                shutil.copyfileobj(response, out)
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, a cut-off body
+        log.warning("ImageNet weights could not be downloaded from %s: %s", KERAS_WEIGHTS_URL, exc)
+        return exc
+    return None
 
 
 def model_key(identity: str) -> str:
@@ -90,7 +119,12 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
     warnings) for the run manifest, and whether this call converted it.
     """
     from orchard_jobs.engine import model_digest
-    from orchard_jobs.model import parse_weights
+    from orchard_jobs.model import (
+        DEFAULT_SEED,
+        imagenet_failure_message,
+        imagenet_fallback_message,
+        parse_weights,
+    )
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +132,21 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
         local_spec = _fetch_weights(lake, spec, workdir)
         kind, arg = parse_weights(local_spec)
         identity = weights_identity(kind, arg)
-        data, account = None, None
-        if identity is None:  # ImageNet not downloaded yet: resolving downloads it, or falls back
+        data: bytes | None = None
+        account: dict[str, Any] | None = None
+        if identity is None:  # ImageNet not downloaded yet: download it, or learn the fallback applies
+            failure = fetch_imagenet()
+            identity = weights_identity(kind, arg) if failure is None else None
+            if failure is not None and fallback != "random":
+                raise RuntimeError(imagenet_failure_message(failure)) from failure
+            if failure is not None:
+                seed = f"random:{DEFAULT_SEED}"
+                known = weights_identity(*parse_weights(seed))
+                if known and lake.exists(f"{models_root}/{model_key(known)}/{INFO_FILE}"):
+                    identity = known  # converted before: no TensorFlow in this run at all
+                    account = {"used": seed, "warnings": [imagenet_fallback_message(failure)]}
+                    log.warning("%s", account["warnings"][0])
+        if identity is None:  # resolving (in the child) downloads, falls back, or fails as it says
             data, account = convert(local_spec, fallback, workdir)
             identity = weights_identity(*parse_weights(account["used"]))
             if identity is None:

@@ -6,6 +6,7 @@ the attempt the upload task started (`run_layout(ti)`, a DAG macro), the choices
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from orchard.config import Settings
@@ -77,7 +78,10 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
     # Python workers fork from a daemon that has already imported their libraries. Local steps
     # only: on a cluster the jobs' modules arrive with --py-files, which Spark puts on a worker's
     # sys.path per task, after the daemon has started (the standalone-cluster test showed it).
-    conf = spark_conf() | {"spark.python.daemon.module": "orchard_jobs.daemon"}
+    conf = spark_conf() | {
+        "spark.python.daemon.module": "orchard_jobs.daemon",
+        "spark.driver.extraJavaOptions": local_java_options(settings),
+    }
     if settings.lake_on_s3:
         conf |= {
             "spark.hadoop.fs.s3a.aws.credentials.provider": (
@@ -95,6 +99,21 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
                 "spark.hadoop.fs.s3a.path.style.access": "true",
             }
     return conf
+
+
+def local_java_options(settings: Settings) -> str:
+    """JVM options of a local step's driver (which is also its executor): a short-lived JVM.
+
+    C1 only: C2's compiler threads compete with the Python workers for the cores, and a step ends
+    before C2's code pays off (bench: the featurize step on 600 images 21.1 -> 15.7 s, on 8,000 the
+    JVM's CPU time 37 -> 21 s). With the class archive (orchard.jvm_archive) the classes Spark
+    loads at every start are mapped instead of loaded: 15.7 -> 11.6 s on 600 images.
+    """
+    options = ["-XX:TieredStopAtLevel=1"]
+    archive = settings.spark_class_archive
+    if archive and " " not in archive and Path(archive).is_file():
+        options.append(f"-XX:SharedArchiveFile={archive}")
+    return " ".join(options)
 
 
 def local_env(settings: Settings) -> dict[str, str]:

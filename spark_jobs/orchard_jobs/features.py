@@ -156,11 +156,16 @@ def read_inputs(spark: SparkSession, uri: str) -> DataFrame:
 def listing_from_scan(spark: SparkSession, root: str) -> DataFrame:
     """Without an upload's listing: every file below `root` that Spark lists (sizes unknown).
 
-    The paths pass through the driver (one string per file, as Spark's own file index holds them).
+    The paths pass through the driver (one string per file, as Spark's own file index holds them)
+    and go back to the JVM as Arrow: no Python worker starts for the listing.
     """
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
     paths = sorted(relative_path(_as_path_column(uri), root) for uri in files.inputFiles())
-    return spark.createDataFrame([(p, None, None, None) for p in paths], INPUT_TYPE)
+    unknown = pd.Series([None] * len(paths), dtype=object)
+    frame = pd.DataFrame(
+        {"path": paths, "size": pd.array(unknown, dtype="Int64"), "sha256": unknown, "reason": unknown}
+    )
+    return spark.createDataFrame(frame, INPUT_TYPE)
 
 
 def read_images(
@@ -180,12 +185,16 @@ def read_images(
     return files, listing
 
 
-def outcomes(spark: SparkSession, results: DataFrame, listing: DataFrame, root: str) -> DataFrame:
+def outcomes(
+    spark: SparkSession, results: DataFrame, listing: DataFrame, root: str, sized: bool = False
+) -> DataFrame:
     """`results` of the listed files, with one row more for each listed file that has none.
 
     Those are the files the upload could not take (the listing's reason), files missing from the
     lake (or never returned by Spark's scan: empty files), and files whose bytes in the lake are
     not the ones the upload listed (changed since). Every listed path ends in exactly one row.
+    `sized`: the listing has the size of every readable file (an upload's), so telling an empty
+    file from a missing one needs no look at the lake (and no job).
     """
     listed = listing.select("path", F.col("sha256").alias("listed_sha256"))
     changed = F.col("listed_sha256").isNotNull() & (F.col("sha256") != F.col("listed_sha256"))
@@ -201,8 +210,8 @@ def outcomes(spark: SparkSession, results: DataFrame, listing: DataFrame, root: 
         .drop("listed_sha256")
     )
     missing = listing.join(results.select("path"), "path", "left_anti")
-    unsized = [row.path for row in missing.where(F.col("size").isNull() & F.col("reason").isNull()).collect()]
-    sizes = _sizes(spark, root, unsized)
+    unsized = missing.where(F.col("size").isNull() & F.col("reason").isNull())
+    sizes = {} if sized else _sizes(spark, root, [row.path for row in unsized.collect()])
     if sizes:  # a join, not a Python UDF: no extra Python workers in the jobs that follow
         found = spark.createDataFrame(sorted(sizes.items()), "path string, found_size long")
         missing = missing.join(F.broadcast(found), "path", "left").withColumn(
@@ -384,17 +393,28 @@ def quarantined(results: DataFrame) -> DataFrame:
     return results.where(F.col("reason").isNotNull()).select("path", "label", "reason")
 
 
-def count_outcomes(results: DataFrame) -> dict[str, int]:
-    """Counts of inputs, featurized and quarantined rows, and of model builds, in one pass."""
+# The counts of a featurize step's outcomes, in the order of OUTCOME_METRICS.
+OUTCOME_COUNTS = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
+
+
+def outcome_metrics() -> list[Column]:
+    """Aggregates of the outcome counts: for an agg(), or for observe() on the outputs' write.
+
+    No DISTINCT aggregate (observe() refuses them): the workers are a set, and there are few.
+    """
     ok: Column = F.col("reason").isNull()
-    row = results.agg(
+    return [
         F.count(F.lit(1)).alias("inputs"),
         F.count(F.when(ok, 1)).alias("featurized"),
         F.count(F.when(~ok, 1)).alias("quarantined"),
         F.count(F.when(F.col("model_built"), 1)).alias("model_builds"),
-        F.countDistinct("worker").alias("python_workers"),
+        F.size(F.collect_set("worker")).alias("python_workers"),
         F.count(F.when(F.col("from_cache"), 1)).alias("from_cache"),
-    ).first()
+    ]
+
+
+def count_outcomes(results: DataFrame) -> dict[str, int]:
+    """Counts of inputs, featurized and quarantined rows, and of model builds, in one pass."""
+    row = results.agg(*outcome_metrics()).first()
     assert row is not None  # an aggregate without groups has exactly one row
-    keys = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
-    return {key: row[key] for key in keys}
+    return {key: row[key] for key in OUTCOME_COUNTS}

@@ -97,6 +97,22 @@ def _local_copy(uri: str, workdir: str) -> str:
     return target
 
 
+def imagenet_failure_message(exc: BaseException) -> str:
+    """The error of a run whose ImageNet weights could not be loaded and that allows no fallback."""
+    return (
+        f"ImageNet weights could not be loaded ({type(exc).__name__}: {exc}); stage a weights "
+        "file and pass its path/URI, or allow the random fallback for a trial run"
+    )
+
+
+def imagenet_fallback_message(exc: BaseException) -> str:
+    """The warning a run carries when ImageNet weights could not be loaded and random ones are used."""
+    return (
+        f"IMAGENET WEIGHTS UNAVAILABLE ({type(exc).__name__}: {exc}). FALLING BACK TO SEEDED RANDOM "
+        f"WEIGHTS (seed {DEFAULT_SEED}): the features and PCA of this run carry no visual meaning."
+    )
+
+
 def resolve_weights(spec: str, fallback: str = "fail") -> ResolvedWeights:
     """Resolve a weights spec to arrays; on a failed ImageNet download, fall back if allowed."""
     if fallback not in WEIGHT_FALLBACKS:
@@ -113,14 +129,8 @@ def resolve_weights(spec: str, fallback: str = "fail") -> ResolvedWeights:
         return ResolvedWeights(build_model("imagenet").get_weights(), spec, "imagenet", meaningful=True)
     except Exception as exc:  # no network, proxy, corrupt cache: Keras raises many kinds
         if fallback != "random":
-            raise RuntimeError(
-                f"ImageNet weights could not be loaded ({type(exc).__name__}: {exc}); stage a weights "
-                "file and pass its path/URI, or allow the random fallback for a trial run"
-            ) from exc
-        message = (
-            f"IMAGENET WEIGHTS UNAVAILABLE ({type(exc).__name__}: {exc}). FALLING BACK TO SEEDED RANDOM "
-            f"WEIGHTS (seed {DEFAULT_SEED}): the features and PCA of this run carry no visual meaning."
-        )
+            raise RuntimeError(imagenet_failure_message(exc)) from exc
+        message = imagenet_fallback_message(exc)
         log.warning("!" * 20 + " %s " + "!" * 20, message)
         return ResolvedWeights(
             random_weights(DEFAULT_SEED),

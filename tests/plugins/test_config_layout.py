@@ -170,4 +170,17 @@ def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
     assert steps.local_spark_conf(local) == {
         **steps.spark_conf(),
         "spark.python.daemon.module": "orchard_jobs.daemon",
+        "spark.driver.extraJavaOptions": steps.local_java_options(local),
     }
+
+
+def test_local_steps_map_the_class_archive_only_when_it_exists(tmp_path):
+    archive = tmp_path / "classes.jsa"
+    settings = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": str(archive)})
+    assert steps.local_java_options(settings) == "-XX:TieredStopAtLevel=1"  # not built yet
+    archive.write_bytes(b"archive")
+    assert steps.local_java_options(settings) == f"-XX:TieredStopAtLevel=1 -XX:SharedArchiveFile={archive}"
+    off = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": ""})
+    assert steps.local_java_options(off) == "-XX:TieredStopAtLevel=1"
+    conf = steps.local_spark_conf(settings)
+    assert conf["spark.driver.extraJavaOptions"] == steps.local_java_options(settings)

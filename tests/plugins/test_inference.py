@@ -85,3 +85,27 @@ def test_imagenet_unavailable_falls_back_to_random_and_says_so(lake_root, monkey
     assert doc["model"] == inference.prepare_model(Lake.local(), lake_root, "random:42", "fail")["model"]
     with pytest.raises(RuntimeError, match="ImageNet weights could not be loaded"):
         inference.prepare_model(Lake.local(), lake_root, "imagenet", "fail")
+
+
+def test_imagenet_unavailable_reuses_the_fallback_model_without_tensorflow(lake_root, monkeypatch, tmp_path):
+    # Offline, once the fallback's model is in the lake, a later run learns that the download fails
+    # without importing TensorFlow (no conversion child at all) and reuses that model.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    fallback = inference.prepare_model(Lake.local(), lake_root, "random:42", "fail")
+
+    def no_conversion(*args: object) -> None:
+        raise AssertionError(f"converted {args}")
+
+    monkeypatch.setattr(inference, "convert", no_conversion)
+    doc = inference.prepare_model(Lake.local(), lake_root, "imagenet", "random")
+    assert (doc["model"], doc["sha256"], doc["converted"]) == (fallback["model"], fallback["sha256"], False)
+    assert doc["weights"]["used"] == "random:42"
+    assert not doc["weights"]["meaningful"]
+    assert "IMAGENET WEIGHTS UNAVAILABLE" in doc["weights"]["warnings"][0]
+    assert not (tmp_path / "keras" / "models" / inference.KERAS_NO_TOP).exists()  # nothing half-written
+    with pytest.raises(RuntimeError, match="ImageNet weights could not be loaded"):
+        inference.prepare_model(Lake.local(), lake_root, "imagenet", "fail")
