@@ -117,8 +117,9 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
 
 # Executor sizing, from what bench/ measured (BENCHMARKS.md). One Python worker per task slot with
 # ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
-# oversubscribed. A worker holds an ONNX Runtime session and a 16-image activation arena: its peak
-# was WORKER_PEAK_GIB at up to 8,000 images (R8; the TensorFlow workers before peaked at ~2 GiB).
+# oversubscribed. A worker holds an ONNX Runtime session and one image's activations (one image per
+# engine call): it peaked at 0.41 GiB with calls of 16 and ~0.21 GiB with calls of one (R8);
+# WORKER_PEAK_GIB keeps the former as the bound (the TensorFlow workers before peaked at ~2 GiB).
 # The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB for the JVM's
 # own off-heap use (Netty, Arrow buffers, thread stacks). The container must fit YARN's memory on
 # the default m5.xlarge, 12,288 MB (EMR Release Guide, "Task configuration",
@@ -127,7 +128,7 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
 EXECUTOR_SLOTS = 4  # an m5.xlarge: 4 vCPU
 WORKER_PEAK_GIB = 0.5
 JVM_OFF_HEAP_GIB = 1.0
-EXECUTOR_HEAP_GIB = 4  # reads files, moves Arrow batches, keeps the step's results (~5 KB per image)
+EXECUTOR_HEAP_GIB = 4  # reads files, moves Arrow batches (the step's results are persisted on disk)
 EXECUTOR_OVERHEAD_GIB = math.ceil(EXECUTOR_SLOTS * WORKER_PEAK_GIB * 1.5 + JVM_OFF_HEAP_GIB)
 EXECUTOR_SIZING = {
     "spark.executor.cores": str(EXECUTOR_SLOTS),
