@@ -312,7 +312,7 @@ def plain_loop(featurizer: Callable[[np.ndarray], np.ndarray], paths: list[Path]
     return pipeline
 
 
-def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) -> dict:
+def steady_state(settings: Settings, images: Path, paths: list[Path], reps: int, model_doc: Path) -> dict:
     """R1, R1b (steady), R4, R5: a warm Spark session, warm in-process Keras and engine, interleaved."""
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
@@ -342,7 +342,8 @@ def steady_state(images: Path, paths: list[Path], reps: int, model_doc: Path) ->
 
     builder = SparkSession.builder.master(f"local[{threads}]").appName("orchard-bench")
     builder = builder.config("spark.ui.showConsoleProgress", "false")
-    for key, value in steps.spark_conf().items():
+    # The local target's configuration, as the DAG's spark-submit of a step has it.
+    for key, value in steps.local_spark_conf(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     broadcast = spark.sparkContext.broadcast(model)
@@ -726,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"generated {args.images} + {sizes} images in {work}")
         model_doc = model_document(work)
         results["matmul_gflops"] = matmul_gflops()
-        results["steady"] = steady_state(images, paths, args.reps, model_doc)
+        results["steady"] = steady_state(settings, images, paths, args.reps, model_doc)
         results["cold"] = cold_start(settings, images, work, args.cold_reps, model_doc)
         results["dag"] = dag_run(settings, images, work / "dag")
         results["scaling"] = scaling(settings, work, sizes, work, model_doc)

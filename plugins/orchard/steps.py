@@ -81,6 +81,10 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
     conf = spark_conf() | {
         "spark.python.daemon.module": "orchard_jobs.daemon",
         "spark.driver.extraJavaOptions": local_java_options(settings),
+        # Opening a local file costs little, so a scan task may read more small images than
+        # Spark's 4 MB default assumes (~32 per task): ~4 % faster on 600 images (bench). Not on
+        # EMR, where each S3 open is a request and more, smaller tasks read in parallel.
+        "spark.sql.files.openCostInBytes": str(64 * 1024),
     }
     if settings.lake_on_s3:
         conf |= {

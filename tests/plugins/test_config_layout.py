@@ -171,6 +171,7 @@ def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
         **steps.spark_conf(),
         "spark.python.daemon.module": "orchard_jobs.daemon",
         "spark.driver.extraJavaOptions": steps.local_java_options(local),
+        "spark.sql.files.openCostInBytes": "65536",
     }
 
 
