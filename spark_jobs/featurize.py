@@ -101,7 +101,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     observed = outcomes.observe(observation, *features.outcome_metrics())
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
         features.featurized(observed).write.mode("overwrite").parquet(args.features)
-    counts = {key: int(observation.get[key]) for key in features.OUTCOME_COUNTS}
+    counts = {key: int(value) for key, value in observation.get.items()}
     phases["featurize"] = time.time() - job_started
     features.quarantined(outcomes).write.mode("overwrite").parquet(args.quarantine)
     # Outcomes that do not add up fail the step (and the run) before anything reaches the cache,

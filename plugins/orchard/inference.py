@@ -131,32 +131,25 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
         workdir = Path(tmp)
         local_spec = _fetch_weights(lake, spec, workdir)
         kind, arg = parse_weights(local_spec)
-        identity = weights_identity(kind, arg)
-        data: bytes | None = None
-        account: dict[str, Any] | None = None
-        if identity is None:  # ImageNet not downloaded yet: download it, or learn the fallback applies
+        warnings: list[str] = []
+        if kind == "imagenet" and weights_identity(kind, arg) is None:
+            # Not downloaded yet: download it now, or learn now that the fallback applies, so a
+            # fallback converted before is reused without TensorFlow and the network is tried once.
             failure = fetch_imagenet()
-            identity = weights_identity(kind, arg) if failure is None else None
-            if failure is not None and fallback != "random":
-                raise RuntimeError(imagenet_failure_message(failure)) from failure
             if failure is not None:
-                seed = f"random:{DEFAULT_SEED}"
-                known = weights_identity(*parse_weights(seed))
-                if known and lake.exists(f"{models_root}/{model_key(known)}/{INFO_FILE}"):
-                    identity = known  # converted before: no TensorFlow in this run at all
-                    account = {"used": seed, "warnings": [imagenet_fallback_message(failure)]}
-                    log.warning("%s", account["warnings"][0])
-        if identity is None:  # resolving (in the child) downloads, falls back, or fails as it says
-            data, account = convert(local_spec, fallback, workdir)
-            identity = weights_identity(*parse_weights(account["used"]))
-            if identity is None:
-                raise RuntimeError(f"weights {account['used']!r} resolved, yet what fixes them is unknown")
+                if fallback != "random":
+                    raise RuntimeError(imagenet_failure_message(failure)) from failure
+                warnings.append(imagenet_fallback_message(failure))  # logged with the result below
+                kind, arg = "random", DEFAULT_SEED
+        identity = weights_identity(kind, arg)
+        if identity is None:  # the download above put the file where Keras looks
+            raise RuntimeError(f"weights {spec!r}: Keras's ImageNet file vanished after its download")
         folder = f"{models_root}/{model_key(identity)}"
         info_uri = f"{folder}/{INFO_FILE}"
         converted = not lake.exists(info_uri)
+        account: dict[str, Any] | None = None
         if converted:
-            if data is None or account is None:
-                data, account = convert(local_spec, fallback, workdir)
+            data, account = convert(f"random:{arg}" if kind == "random" else local_spec, fallback, workdir)
             info = {
                 "model": f"{folder}/{MODEL_FILE}",
                 "sha256": model_digest(data),
@@ -171,6 +164,7 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
             info = lake.read_json(info_uri)
     used = account["used"] if account else spec if kind != "random" else f"random:{arg}"
     used = spec if used == local_spec else used
+    warnings += account["warnings"] if account else []
     result = {
         **{key: info[key] for key in ("model", "sha256", "bytes", "converted_with")},
         "converted": converted,
@@ -178,7 +172,7 @@ def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict
             "requested": spec,
             "used": used,
             "meaningful": not used.startswith("random"),
-            "warnings": list(account["warnings"]) if account else [],
+            "warnings": warnings,
         },
         "seconds": round(time.monotonic() - started, 3),
     }

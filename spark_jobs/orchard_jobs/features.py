@@ -205,8 +205,8 @@ def outcomes(
         .drop("listed_sha256")
     )
     missing = listing.join(results.select("path"), "path", "left_anti")
-    unsized = missing.where(F.col("size").isNull() & F.col("reason").isNull())
-    sizes = {} if sized else _sizes(spark, root, [row.path for row in unsized.collect()])
+    unsized = [] if sized else missing.where(F.col("size").isNull() & F.col("reason").isNull()).collect()
+    sizes = _sizes(spark, root, [row.path for row in unsized])
     if sizes:  # a join, not a Python UDF: no extra Python workers in the jobs that follow
         found = spark.createDataFrame(sorted(sizes.items()), "path string, found_size long")
         missing = missing.join(F.broadcast(found), "path", "left").withColumn(
@@ -385,10 +385,6 @@ def quarantined(results: DataFrame) -> DataFrame:
     return results.where(F.col("reason").isNotNull()).select("path", "label", "reason")
 
 
-# The counts of a featurize step's outcomes, in the order of OUTCOME_METRICS.
-OUTCOME_COUNTS = ("inputs", "featurized", "quarantined", "model_builds", "python_workers", "from_cache")
-
-
 def outcome_metrics() -> list[Column]:
     """Aggregates of the outcome counts: for an agg(), or for observe() on the outputs' write.
 
@@ -409,4 +405,4 @@ def count_outcomes(results: DataFrame) -> dict[str, int]:
     """Counts of inputs, featurized and quarantined rows, and of model builds, in one pass."""
     row = results.agg(*outcome_metrics()).first()
     assert row is not None  # an aggregate without groups has exactly one row
-    return {key: row[key] for key in OUTCOME_COUNTS}
+    return row.asDict()

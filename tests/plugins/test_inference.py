@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,21 @@ from tests.imagefactory import jpeg
 @pytest.fixture
 def lake_root(tmp_path) -> str:
     return f"file://{tmp_path}/lake/cache/models"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No Keras cache and a proxy that refuses every connection: a download fails at once.
+
+    Returns the (empty) Keras home.
+    """
+    keras_home = tmp_path / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    return keras_home
 
 
 def test_a_spec_is_converted_once_then_reused(lake_root, monkeypatch):
@@ -68,13 +85,7 @@ def test_other_weights_get_another_model(lake_root, tmp_path):
     assert same["weights"]["used"] == str(second) and same["weights"]["meaningful"]
 
 
-def test_imagenet_unavailable_falls_back_to_random_and_says_so(lake_root, monkeypatch, tmp_path):
-    # No Keras cache and a proxy that refuses every connection: the download fails at once.
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
-        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+def test_imagenet_unavailable_falls_back_to_random_and_says_so(lake_root, offline):
 
     doc = inference.prepare_model(Lake.local(), lake_root, "imagenet", "random")
     assert doc["weights"]["requested"] == "imagenet"
@@ -87,14 +98,9 @@ def test_imagenet_unavailable_falls_back_to_random_and_says_so(lake_root, monkey
         inference.prepare_model(Lake.local(), lake_root, "imagenet", "fail")
 
 
-def test_imagenet_unavailable_reuses_the_fallback_model_without_tensorflow(lake_root, monkeypatch, tmp_path):
+def test_imagenet_unavailable_reuses_the_fallback_model_without_tensorflow(lake_root, offline, monkeypatch):
     # Offline, once the fallback's model is in the lake, a later run learns that the download fails
     # without importing TensorFlow (no conversion child at all) and reuses that model.
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
-        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     fallback = inference.prepare_model(Lake.local(), lake_root, "random:42", "fail")
 
     def no_conversion(*args: object) -> None:
@@ -106,6 +112,6 @@ def test_imagenet_unavailable_reuses_the_fallback_model_without_tensorflow(lake_
     assert doc["weights"]["used"] == "random:42"
     assert not doc["weights"]["meaningful"]
     assert "IMAGENET WEIGHTS UNAVAILABLE" in doc["weights"]["warnings"][0]
-    assert not (tmp_path / "keras" / "models" / inference.KERAS_NO_TOP).exists()  # nothing half-written
+    assert not (offline / "models" / inference.KERAS_NO_TOP).exists()  # nothing half-written
     with pytest.raises(RuntimeError, match="ImageNet weights could not be loaded"):
         inference.prepare_model(Lake.local(), lake_root, "imagenet", "fail")
