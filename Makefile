@@ -87,6 +87,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/python -m orchard.spark_home
 	@mkdir -p $(AIRFLOW_HOME)
 	@touch $@
 

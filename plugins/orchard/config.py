@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # The local steps' JVM class archive (`python -m orchard.jvm_archive`, built by make demo and
     # make bench), beside the pyspark whose jars it holds; used when present. Empty: never.
     spark_class_archive: str = str(Path(sys.prefix) / "orchard-spark-classes.jsa")
+    # The local steps' SPARK_HOME (`python -m orchard.spark_home`, built with the venv): pyspark's
+    # scripts and jars without its zipped Python; used when present. Empty: never.
+    spark_home: str = str(Path(sys.prefix) / "orchard-spark-home")
     weights: str = "imagenet"
     weights_fallback: str = "random"
     aws_conn_id: str = "aws_default"

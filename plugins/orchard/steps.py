@@ -6,9 +6,11 @@ the attempt the upload task started (`run_layout(ti)`, a DAG macro), the choices
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from orchard import spark_home
 from orchard.config import Settings
 from orchard.layout import RunLayout
 
@@ -125,9 +127,18 @@ def local_java_options(settings: Settings) -> str:
 
 
 def local_env(settings: Settings) -> dict[str, str]:
-    """Environment of a local spark-submit: the Python that has the jobs' packages, and their modules."""
-    return {
+    """Environment of a local spark-submit: the Python that has the jobs' packages, and their modules.
+
+    With the local Spark home (orchard.spark_home) when it exists and the environment names no
+    Spark home of its own: the steps' Python processes then import the installed pyspark, not
+    its zipped sources (~0.5 s less per process).
+    """
+    env = {
         "PYSPARK_PYTHON": settings.pyspark_python,
         "PYSPARK_DRIVER_PYTHON": settings.pyspark_python,
         "PYTHONPATH": settings.spark_jobs_dir,
     }
+    home = settings.spark_home
+    if home and "SPARK_HOME" not in os.environ and spark_home.is_home(Path(home)):
+        env["SPARK_HOME"] = home
+    return env
