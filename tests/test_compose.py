@@ -162,6 +162,27 @@ def test_dockerfile_jars_match_the_hadoop_inside_pyspark():
     assert "hadoop-aws-${HADOOP_VERSION}.jar" in text
 
 
+def test_the_image_builds_the_local_spark_home_it_names(tmp_path):
+    import pyspark
+
+    text = DOCKERFILE.read_text()
+    home = re.search(r"^ENV ORCHARD_SPARK_HOME=(\S+)$", text, re.M).group(1)
+    assert home.startswith("/home/airflow/")  # written at build time by the image's user
+    assert text.index("ENV ORCHARD_SPARK_HOME=") < text.index("RUN python -m orchard.spark_home")
+    assert text.index("fetch \"org/apache/hadoop/hadoop-aws") < text.index("RUN python -m orchard.spark_home")
+    # The command the image runs, here with the home in a temporary folder.
+    built = tmp_path / "orchard-spark-home"
+    done = subprocess.run(
+        [sys.executable, "-m", "orchard.spark_home"],
+        env={"PATH": "/usr/bin:/bin", "ORCHARD_SPARK_HOME": str(built)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (built / "jars").resolve() == (Path(pyspark.__file__).parent / "jars").resolve()
+
+
 @pytest.fixture
 def minio_stand_in(monkeypatch, compose):
     """moto's threaded server in MinIO's place, and the compose stack's settings pointed at it."""
