@@ -169,7 +169,7 @@ def test_the_image_builds_the_local_spark_home_it_names(tmp_path):
     home = re.search(r"^ENV ORCHARD_SPARK_HOME=(\S+)$", text, re.M).group(1)
     assert home.startswith("/home/airflow/")  # written at build time by the image's user
     assert text.index("ENV ORCHARD_SPARK_HOME=") < text.index("RUN python -m orchard.spark_home")
-    assert text.index("fetch \"org/apache/hadoop/hadoop-aws") < text.index("RUN python -m orchard.spark_home")
+    assert text.index('fetch "org/apache/hadoop/hadoop-aws') < text.index("RUN python -m orchard.spark_home")
     # The command the image runs, here with the home in a temporary folder.
     built = tmp_path / "orchard-spark-home"
     done = subprocess.run(
