@@ -557,7 +557,9 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             "R1b steady: Spark ÷ the same engine in one process",
             f"{s['spark_img_s'] / s['engine_img_s']:.2f}",
             f"Spark {s['spark_img_s']:.1f} img/s vs plain ONNX Runtime {s['engine_img_s']:.1f} img/s "
-            f"(read+decode+infer, {s['threads']} intra-op threads = Spark's {s['threads']} workers × 1)",
+            f"(read+decode+infer, {s['threads']} intra-op threads = Spark's {s['threads']} workers × 1); "
+            f"per image beyond a job's fixed cost (R8's marginal rate, {marginal:.1f} img/s): "
+            f"{marginal / s['engine_img_s']:.2f}",
         ),
         (
             "R1 incl. start-up: Spark ÷ plain Keras throughput",
