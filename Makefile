@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 JVM_ARCHIVE := $(VENV)/orchard-spark-classes.jsa
+LOCAL_SPARK_HOME := $(VENV)/orchard-spark-home
 SOURCE ?=
 PYTEST_ARGS ?=
 
@@ -80,20 +81,24 @@ lint: venv
 	$(VENV)/bin/ruff format --check dags plugins spark_jobs tests bench
 	$(VENV)/bin/mypy  # plugins/ and spark_jobs/, as [tool.mypy] in pyproject.toml says
 
-venv: $(STAMP)
+venv: $(STAMP) $(LOCAL_SPARK_HOME)
+
+# The local steps' Spark home (orchard.spark_home): links to pyspark's bin and jars, made again with
+# every new install, so their Python processes import the installed pyspark, not its zipped sources.
+$(LOCAL_SPARK_HOME): $(STAMP)
+	$(PY) -m orchard.spark_home
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(VENV)/bin/python -m orchard.spark_home
 	@mkdir -p $(AIRFLOW_HOME)
 	@touch $@
 
 # The local steps' JVM class archive (orchard.jvm_archive): one real run of both steps, ~1 min, once
 # per virtualenv; the steps start ~2 s faster each with it, and run without it when it is missing.
-$(JVM_ARCHIVE): $(STAMP)
+$(JVM_ARCHIVE): $(STAMP) $(LOCAL_SPARK_HOME)
 	@$(MAKE) --no-print-directory java
 	$(PY) -m orchard.jvm_archive --force
 
