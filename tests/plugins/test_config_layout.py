@@ -175,6 +175,17 @@ def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
     }
 
 
+def test_the_steps_spark_sql_settings_are_ones_spark_knows(spark):
+    # Spark ignores an unknown spark.sql.* key without a word; a registered runtime SQL setting is
+    # modifiable. Both targets list the images without block locations (neither has any).
+    from orchard import emr
+
+    conf = steps.local_spark_conf(Settings.from_env({})) | emr.step_conf()
+    assert conf["spark.sql.sources.ignoreDataLocality"] == "true"
+    sql = [key for key in conf if key.startswith("spark.sql.")]
+    assert [key for key in sql if not spark.conf.isModifiable(key)] == []
+
+
 def test_local_steps_map_the_class_archive_only_when_it_exists(tmp_path):
     archive = tmp_path / "classes.jsa"
     settings = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": str(archive)})
