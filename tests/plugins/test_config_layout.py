@@ -189,10 +189,11 @@ def test_the_steps_spark_sql_settings_are_ones_spark_knows(spark):
 def test_local_steps_map_the_class_archive_only_when_it_exists(tmp_path):
     archive = tmp_path / "classes.jsa"
     settings = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": str(archive)})
-    assert steps.local_java_options(settings) == "-XX:TieredStopAtLevel=1"  # not built yet
+    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    assert steps.local_java_options(settings) == jvm  # not built yet
     archive.write_bytes(b"archive")
-    assert steps.local_java_options(settings) == f"-XX:TieredStopAtLevel=1 -XX:SharedArchiveFile={archive}"
+    assert steps.local_java_options(settings) == f"{jvm} -XX:SharedArchiveFile={archive}"
     off = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": ""})
-    assert steps.local_java_options(off) == "-XX:TieredStopAtLevel=1"
+    assert steps.local_java_options(off) == jvm
     conf = steps.local_spark_conf(settings)
     assert conf["spark.driver.extraJavaOptions"] == steps.local_java_options(settings)
