@@ -50,9 +50,7 @@ def build(settings: Settings, archive: Path) -> float:
         archive.parent.mkdir(parents=True, exist_ok=True)
         partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
         conf = steps.local_spark_conf(settings) | {
-            "spark.driver.extraJavaOptions": (
-                f"{steps.C1_ONLY} {steps.SERIAL_GC} -XX:ArchiveClassesAtExit={partial}"
-            )
+            "spark.driver.extraJavaOptions": f"{steps.LOCAL_JVM} -XX:ArchiveClassesAtExit={partial}"
         }
         command = [
             "spark-submit", "--master", "local[2]", "--driver-memory", settings.spark_driver_memory,
