@@ -23,6 +23,7 @@ R8  throughput and peak memory at growing image counts
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -651,8 +652,16 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
 
 
 def subset(paths: list[Path], root: Path, size: int, folder: Path) -> None:
-    """The first `size` images of a generated set, hard-linked into their class folders under `folder`."""
-    for path in paths[:size]:
+    """`size` images of a generated set, hard-linked into their class folders under `folder`.
+
+    Taken from every class in turn, so that each size holds the same mix of classes as the whole
+    set (one of them is PNG): the first `size` paths in name order would be one or two classes only.
+    """
+    by_class: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_class.setdefault(path.parent, []).append(path)
+    mixed = [path for turn in itertools.zip_longest(*by_class.values()) for path in turn if path is not None]
+    for path in mixed[:size]:
         target = folder / path.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(path, target)

@@ -189,7 +189,7 @@ def test_the_steps_spark_sql_settings_are_ones_spark_knows(spark):
 def test_local_steps_map_the_class_archive_only_when_it_exists(tmp_path):
     archive = tmp_path / "classes.jsa"
     settings = Settings.from_env({"ORCHARD_SPARK_CLASS_ARCHIVE": str(archive)})
-    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:MinHeapFreeRatio=20 -XX:MaxHeapFreeRatio=40"
     assert steps.local_java_options(settings) == jvm  # not built yet
     archive.write_bytes(b"archive")
     assert steps.local_java_options(settings) == f"{jvm} -XX:SharedArchiveFile={archive}"
