@@ -46,15 +46,16 @@ def main(argv: list[str]) -> None:
 def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     """The PCA step on a running Spark session; returns the summary it wrote."""
     started = time.time()
-    features = spark.read.parquet(args.features)
+    for key, value in pca_ops.SPARK_CONF.items():
+        spark.conf.set(key, value)
     # One pass over the features fits every component; k is then chosen without fitting again.
-    fitted = pca_ops.fit(features)
+    fitted = pca_ops.fit(spark, args.features)
     max_k = min(fitted.n, FEATURE_DIM)
     k = args.k or pca_ops.choose_k(fitted.ratios[:max_k], args.variance)
     pca_ops.validate_k(k, fitted.n, FEATURE_DIM)
 
     pca_ops.pipeline_model(spark, fitted, k).write().overwrite().save(args.model)
-    pca_ops.scores(features, fitted, k).write.mode("overwrite").parquet(args.pca)
+    pca_ops.scores(spark, args.features, fitted, k).write.mode("overwrite").parquet(args.pca)
     pca_ops.write_csv_parts(pca_ops.flatten(spark.read.parquet(args.pca), k), args.csv_parts)
 
     summary = pca_ops.summary(fitted.ratios[:max_k], k, None if args.k else args.variance, fitted.n)

@@ -9,6 +9,7 @@ import numpy  # ruff: ignore[unused-import]
 import onnxruntime  # ruff: ignore[unused-import]
 import pandas  # ruff: ignore[unused-import]
 import pyarrow  # ruff: ignore[unused-import]
+import pyarrow.parquet  # ruff: ignore[unused-import] - the pca step decodes its files in the workers
 from PIL import Image  # ruff: ignore[unused-import]
 from pyspark import daemon
 

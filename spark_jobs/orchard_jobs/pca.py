@@ -6,6 +6,12 @@ stable even when the mean is far from zero); the driver diagonalises the 1280x12
 Measured in bench/ (R6) against numpy on one matrix, and equal to scikit-learn's PCA up to sign.
 The fitted model is saved as a pyspark.ml PipelineModel (centring + PCAModel), so Spark can load
 it and project new features.
+
+The features Parquet reaches the Python workers as its files' bytes (Spark's binaryFile source,
+so every file system Spark reads works alike), and pyarrow decodes them there: Spark's own Parquet
+scan hands an `array<float>` column to Python value by value (ColumnarToRow, then ArrowWriter),
+which cost the JVM ~0.15 ms per row, ~0.6-0.8 s of a 4,000-row partition, where shipping the
+files' bytes took ~0.1 s (bench/ R6 probes, 8,000 x 1,280).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -26,6 +33,15 @@ BLOCK_ROWS = 4096
 STATS_SCHEMA = "n long, mean binary, m2 binary"
 # Partial moments merged per executor task in the tree aggregate (each row is ~6.5 MB).
 MERGE_FANIN = 8
+# The PCA step's session. One features file (~1,000 rows, ~5 MB) per Arrow batch: a Python
+# worker holds one file's bytes at a time, and decodes one while the JVM reads the next. Spark's
+# default cost of opening a file (the local steps lower it for the small images): with it, the
+# equal-sized features files are packed evenly over the task slots (8 files: 4 + 4 on 2 slots;
+# at 64 KB, 3 + 3 + 2, a third task after the first two).
+SPARK_CONF = {
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "1",
+    "spark.sql.files.openCostInBytes": str(4 * 1024 * 1024),
+}
 
 
 @dataclass
@@ -50,13 +66,12 @@ class Moments:
 
     @classmethod
     def of(cls, block: np.ndarray) -> Moments:
-        """The moments of a block of rows."""
-        x = block.astype(np.float64)
-        if len(x) == 0:
-            return cls(0, np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1])))
-        mean = x.mean(axis=0)
-        centred = x - mean
-        return cls(len(x), mean, centred.T @ centred)
+        """The moments of a block of rows (float64 whatever the block's type)."""
+        if len(block) == 0:
+            return cls(0, np.zeros(block.shape[1]), np.zeros((block.shape[1], block.shape[1])))
+        mean = block.mean(axis=0, dtype=np.float64)
+        centred = block - mean  # float64: one copy of the block, not two
+        return cls(len(block), mean, centred.T @ centred)
 
 
 @dataclass
@@ -79,23 +94,53 @@ def _matrix(column: pa.Array) -> np.ndarray:
     """An Arrow list<float> column of equal-length rows as a 2-D numpy array (no Python loop)."""
     if len(column) == 0:
         return np.zeros((0, 0), dtype=np.float32)
+    if column.null_count:
+        raise ValueError(f"{column.null_count} rows of the features have no vector")
+    lengths = np.diff(column.offsets.to_numpy())
+    if lengths.min() != lengths.max():
+        raise ValueError(f"feature vectors differ in length ({lengths.min()} to {lengths.max()} values)")
     values = column.flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(column), -1)
 
 
-def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One row per partition: the moments of its features, as raw float64 bytes."""
-    total, pending, buffered = None, [], 0
+def feature_files(spark: SparkSession, uri: str) -> DataFrame:
+    """(content) of each Parquet file of a features dataset: its bytes, for `_feature_tables`.
+
+    Spark's own files beside them (_SUCCESS, .crc checksums) are hidden from its listing; the glob
+    keeps anything else that is not Parquet out too.
+    """
+    return spark.read.format("binaryFile").option("pathGlobFilter", "*.parquet").load(uri).select("content")
+
+
+def _feature_tables(batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """`columns` of the Parquet files whose bytes arrive in `batches`, up to BLOCK_ROWS rows at a time."""
     for batch in batches:
-        pending.append(_matrix(batch.column("features")))
-        buffered += batch.num_rows
+        for content in batch.column("content"):
+            parquet = pq.ParquetFile(pa.BufferReader(content.as_buffer()))
+            yield from parquet.iter_batches(batch_size=BLOCK_ROWS, columns=columns)
+
+
+def _blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[np.ndarray]:
+    """The feature vectors of the files in `batches` as matrices of BLOCK_ROWS rows (the last fewer)."""
+    pending: list[np.ndarray] = []
+    buffered = 0
+    for part in _feature_tables(batches, ["features"]):
+        if part.num_rows:
+            pending.append(_matrix(part.column("features")))
+            buffered += part.num_rows
         if buffered >= BLOCK_ROWS:
-            block = Moments.of(np.concatenate(pending))
-            total = block if total is None else total.merge(block)
+            yield np.concatenate(pending)
             pending, buffered = [], 0
     if buffered:
-        block = Moments.of(np.concatenate(pending))
-        total = block if total is None else total.merge(block)
+        yield np.concatenate(pending)
+
+
+def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One row per partition: the moments of its files' features, as raw float64 bytes."""
+    total = None
+    for block in _blocks(batches):
+        moments = Moments.of(block)
+        total = moments if total is None else total.merge(moments)
     if total is not None:
         yield _batch_of(total)
 
@@ -129,14 +174,14 @@ def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
         yield _batch_of(total)
 
 
-def moments(features: DataFrame) -> Moments:
-    """One pass over the features column: count, mean and centred cross-products, tree-aggregated.
+def moments(spark: SparkSession, uri: str) -> Moments:
+    """One pass over the features Parquet at `uri`: count, mean and centred cross-products, tree-aggregated.
 
     Partitions reduce to one row each; while there are more than MERGE_FANIN rows, groups of up to
     MERGE_FANIN are merged on the executors (Arrow all the way: no Python RDD, whose separate
     workers would start cold); the driver merges the last few.
     """
-    stats = features.select("features").mapInArrow(_partition_moments, STATS_SCHEMA)
+    stats = feature_files(spark, uri).mapInArrow(_partition_moments, STATS_SCHEMA)
     parts = stats.rdd.getNumPartitions()
     while parts > MERGE_FANIN:
         parts = -(-parts // MERGE_FANIN)
@@ -151,9 +196,9 @@ def moments(features: DataFrame) -> Moments:
     return total
 
 
-def fit(features: DataFrame) -> FittedPca:
-    """Fit a centred PCA with every component (the covariance is small: features x features)."""
-    stats = moments(features)
+def fit(spark: SparkSession, uri: str) -> FittedPca:
+    """Fit a centred PCA of the features Parquet at `uri`, with every component (features x features)."""
+    stats = moments(spark, uri)
     if stats.n < 2:
         raise ValueError(f"PCA needs at least 2 featurized images, got {stats.n}")
     variances, vectors = np.linalg.eigh(stats.m2 / (stats.n - 1))
@@ -165,24 +210,24 @@ def fit(features: DataFrame) -> FittedPca:
     return FittedPca(stats.n, stats.mean, vectors * signs, variances)
 
 
-def scores(features: DataFrame, fitted: FittedPca, k: int) -> DataFrame:
+def scores(spark: SparkSession, uri: str, fitted: FittedPca, k: int) -> DataFrame:
     """(path, label, pca array<double>): centred scores on the first k components, one row per image."""
     mean, basis = fitted.mean, np.ascontiguousarray(fitted.components[:, :k])
     schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("pca", pa.list_(pa.float64()))])
 
     def project(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            x = _matrix(batch.column("features")).astype(np.float64)
-            projected = ((x - mean) @ basis).reshape(-1) if batch.num_rows else np.zeros(0)
-            offsets = pa.array(np.arange(0, (batch.num_rows + 1) * k, k, dtype=np.int32))
+        for part in _feature_tables(batches, ["path", "label", "features"]):
+            rows = part.num_rows
+            x = _matrix(part.column("features"))
+            projected = ((x - mean) @ basis).reshape(-1) if rows else np.zeros(0)
+            offsets = pa.array(np.arange(0, (rows + 1) * k, k, dtype=np.int32))
             pca = pa.ListArray.from_arrays(offsets, pa.array(projected, type=pa.float64()))
             yield pa.RecordBatch.from_arrays(
-                [batch.column("path"), batch.column("label"), pca], schema=schema
+                [part.column("path").cast(pa.string()), part.column("label").cast(pa.string()), pca],
+                schema=schema,
             )
 
-    return features.select("path", "label", "features").mapInArrow(
-        project, "path string, label string, pca array<double>"
-    )
+    return feature_files(spark, uri).mapInArrow(project, "path string, label string, pca array<double>")
 
 
 def pipeline_model(spark: SparkSession, fitted: FittedPca, k: int) -> PipelineModel:

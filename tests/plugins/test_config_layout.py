@@ -179,9 +179,11 @@ def test_the_steps_spark_sql_settings_are_ones_spark_knows(spark):
     # Spark ignores an unknown spark.sql.* key without a word; a registered runtime SQL setting is
     # modifiable. Both targets list the images without block locations (neither has any).
     from orchard import emr
+    from orchard_jobs import pca
 
     conf = steps.local_spark_conf(Settings.from_env({})) | emr.step_conf()
     assert conf["spark.sql.sources.ignoreDataLocality"] == "true"
+    conf |= pca.SPARK_CONF  # what the pca step sets in its own session
     sql = [key for key in conf if key.startswith("spark.sql.")]
     assert [key for key in sql if not spark.conf.isModifiable(key)] == []
 

@@ -27,18 +27,33 @@ def matrix() -> np.ndarray:
     return x.astype(np.float32)
 
 
+FEATURES_SCHEMA = "path string, label string, features array<float>"
+
+
+def write_features(spark, rows, folder, partitions: int) -> str:
+    """A features Parquet as the featurize step writes it (one file per partition); its URI."""
+    uri = f"file://{folder}"
+    spark.createDataFrame(rows, FEATURES_SCHEMA).repartition(partitions).write.parquet(uri)
+    return uri
+
+
 @pytest.fixture(scope="module")
-def features(spark, matrix):
+def features_uri(spark, matrix, tmp_path_factory):
     rows = [
         (f"class {i % 3}/img_{i:03d}.jpg", f"class {i % 3}", row.tolist()) for i, row in enumerate(matrix)
     ]
-    # Several partitions, so the tree aggregate merges partial moments.
-    return spark.createDataFrame(rows, "path string, label string, features array<float>").repartition(3)
+    # Several files, so the tree aggregate merges partial moments.
+    return write_features(spark, rows, tmp_path_factory.mktemp("pca") / "features", 3)
 
 
 @pytest.fixture(scope="module")
-def fitted(features):
-    return pca_ops.fit(features)
+def features(spark, features_uri):
+    return spark.read.parquet(features_uri)
+
+
+@pytest.fixture(scope="module")
+def fitted(spark, features_uri):
+    return pca_ops.fit(spark, features_uri)
 
 
 def aligned_relative_error(got: np.ndarray, expected: np.ndarray) -> float:
@@ -52,9 +67,9 @@ def in_matrix_order(rows) -> np.ndarray:
     return np.array([r.pca for r in sorted(rows, key=lambda r: r.path.split("_")[-1])])
 
 
-def test_scores_equal_scikit_learn(features, fitted, matrix):
+def test_scores_equal_scikit_learn(spark, features_uri, fitted, matrix):
     k = 5
-    got = in_matrix_order(pca_ops.scores(features, fitted, k).collect())
+    got = in_matrix_order(pca_ops.scores(spark, features_uri, fitted, k).collect())
 
     reference = SkPCA(n_components=k, svd_solver="full")
     expected = reference.fit_transform(matrix.astype(np.float64))
@@ -76,7 +91,7 @@ def test_moments_merge_equals_one_block(matrix):
     assert pca_ops.Moments.of(matrix[:0].reshape(0, D)).merge(whole) is whole
 
 
-def test_saved_model_reloads_and_projects_like_the_scores(spark, features, fitted, tmp_path):
+def test_saved_model_reloads_and_projects_like_the_scores(spark, features, features_uri, fitted, tmp_path):
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
 
@@ -88,17 +103,49 @@ def test_saved_model_reloads_and_projects_like_the_scores(spark, features, fitte
         "path", vector_to_array("scores").alias("pca")
     )
     got = in_matrix_order(projected.collect())
-    expected = in_matrix_order(pca_ops.scores(features, fitted, k).collect())
+    expected = in_matrix_order(pca_ops.scores(spark, features_uri, fitted, k).collect())
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
     np.testing.assert_allclose(reloaded.stages[-1].explainedVariance.toArray(), fitted.ratios[:k])
 
 
-def test_fit_refuses_fewer_than_two_images(spark):
-    one = spark.createDataFrame(
-        [("a/1.jpg", "a", [1.0] * D)], "path string, label string, features array<float>"
-    )
+@pytest.mark.parametrize("rows", [0, 1])
+def test_fit_refuses_fewer_than_two_images(spark, tmp_path, rows):
+    uri = write_features(spark, [("a/1.jpg", "a", [1.0] * D)][:rows], tmp_path / "features", 1)
     with pytest.raises(ValueError, match="at least 2 featurized images"):
-        pca_ops.fit(one)
+        pca_ops.fit(spark, uri)
+
+
+def test_the_fit_reads_only_the_datasets_parquet_files(features_uri, fitted, matrix):
+    """Spark's own files beside the parts (_SUCCESS, .crc checksums) are not features."""
+    from pathlib import Path
+
+    folder = Path(features_uri.removeprefix("file://"))
+    assert (folder / "_SUCCESS").exists() and list(folder.glob(".*.crc"))
+    assert fitted.n == N
+    np.testing.assert_allclose(fitted.mean, matrix.astype(np.float64).mean(axis=0), rtol=1e-9)
+
+
+def test_many_partitions_merge_on_the_executors_as_one_block(spark, matrix, tmp_path):
+    rows = [(f"c/{i:03d}.jpg", "c", row.tolist()) for i, row in enumerate(matrix)]
+    uri = write_features(spark, rows, tmp_path / "features", 20)
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "1")  # one file per partition
+    try:
+        assert pca_ops.feature_files(spark, uri).rdd.getNumPartitions() == 20 > pca_ops.MERGE_FANIN
+        got = pca_ops.moments(spark, uri)
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+    whole = pca_ops.Moments.of(matrix)
+    assert got.n == N
+    np.testing.assert_allclose(got.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(got.m2, whole.m2, rtol=1e-9, atol=1e-9 * np.abs(whole.m2).max())
+
+
+def test_vectors_of_different_lengths_are_refused(spark, tmp_path):
+    rows = [("a/1.jpg", "a", [1.0] * D), ("a/2.jpg", "a", [2.0] * (D - 1)), ("a/3.jpg", "a", [0.0] * (D + 1))]
+    uri = write_features(spark, rows, tmp_path / "features", 1)
+    with pytest.raises(Exception, match="differ in length"):
+        pca_ops.fit(spark, uri)
 
 
 def test_k_for_a_variance_target_matches_scikit_learn(fitted, matrix):
