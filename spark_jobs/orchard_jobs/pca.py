@@ -33,15 +33,9 @@ BLOCK_ROWS = 4096
 STATS_SCHEMA = "n long, mean binary, m2 binary"
 # Partial moments merged per executor task in the tree aggregate (each row is ~6.5 MB).
 MERGE_FANIN = 8
-# The PCA step's session. One features file (~1,000 rows, ~5 MB) per Arrow batch: a Python
-# worker holds one file's bytes at a time, and decodes one while the JVM reads the next. Spark's
-# default cost of opening a file (the local steps lower it for the small images): with it, the
-# equal-sized features files are packed evenly over the task slots (8 files: 4 + 4 on 2 slots;
-# at 64 KB, 3 + 3 + 2, a third task after the first two).
-SPARK_CONF = {
-    "spark.sql.execution.arrow.maxRecordsPerBatch": "1",
-    "spark.sql.files.openCostInBytes": str(4 * 1024 * 1024),
-}
+# The PCA step's session: one features file (~1,000 rows, ~5 MB) per Arrow batch, so a Python
+# worker holds one file's bytes at a time, and decodes one while the JVM reads the next.
+SPARK_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "1"}
 
 
 @dataclass
