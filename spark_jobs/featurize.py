@@ -22,7 +22,7 @@ from typing import Any, cast
 from pyspark import StorageLevel
 from pyspark.sql import Observation, SparkSession
 
-from orchard_jobs import engine, features, hadoop_files
+from orchard_jobs import engine, features, hadoop_files, session
 from orchard_jobs.progress import StageProgress
 from orchard_jobs.versions import versions
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
     started = time.time()
     spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
     run(spark, args, session_seconds=time.time() - started)
-    spark.stop()
+    session.stop(spark)
 
 
 def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | None = None) -> dict:

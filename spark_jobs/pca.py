@@ -10,10 +10,11 @@ import argparse
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import SparkSession
 
-from orchard_jobs import hadoop_files
+from orchard_jobs import hadoop_files, session
 from orchard_jobs import pca as pca_ops
 from orchard_jobs.engine import FEATURE_DIM
 from orchard_jobs.versions import versions
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = SparkSession.builder.appName("orchard-pca").getOrCreate()
     run(spark, args)
-    spark.stop()
+    session.stop(spark)
 
 
 def run(spark: SparkSession, args: argparse.Namespace) -> dict:
@@ -54,9 +55,14 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     k = args.k or pca_ops.choose_k(fitted.ratios[:max_k], args.variance)
     pca_ops.validate_k(k, fitted.n, FEATURE_DIM)
 
-    pca_ops.pipeline_model(spark, fitted, k).write().overwrite().save(args.model)
-    pca_ops.scores(spark, args.features, fitted, k).write.mode("overwrite").parquet(args.pca)
-    pca_ops.write_csv_parts(pca_ops.flatten(spark.read.parquet(args.pca), k), args.csv_parts)
+    # The fitted model and the scores are independent outputs, so their Spark jobs (a few small
+    # ones each) run side by side from two driver threads; any failure still fails the step.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pca-model") as pool:
+        model = pca_ops.pipeline_model(spark, fitted, k)
+        saved = pool.submit(lambda: model.write().overwrite().save(args.model))
+        pca_ops.scores(spark, args.features, fitted, k).write.mode("overwrite").parquet(args.pca)
+        pca_ops.write_csv_parts(pca_ops.flatten(spark.read.parquet(args.pca), k), args.csv_parts)
+        saved.result()
 
     summary = pca_ops.summary(fitted.ratios[:max_k], k, None if args.k else args.variance, fitted.n)
     summary.update(step="pca", seconds=round(time.time() - started, 3), versions=versions(spark))
