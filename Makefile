@@ -41,7 +41,8 @@ BENCH_ARGS ?=
 bench: venv java $(JVM_ARCHIVE)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# The real featurize and PCA steps at 2,000, 8,000 and 100,000 generated images (~20 min, ~1 GB of disk).
+# The real featurize and PCA steps at 2,000, 8,000 (three runs each) and 100,000 generated images
+# (~15-25 min, ~1 GB of disk).
 SCALE_IMAGES ?= 100000
 bench-scale: venv java $(JVM_ARCHIVE)
 	$(PY) bench/run.py --scale $(SCALE_IMAGES) $(BENCH_ARGS)
