@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-JOBS = Path(__file__).resolve().parents[2] / "spark_jobs"
+from tests.conftest import ROOT
+
+JOBS = ROOT / "spark_jobs"
 
 # A step in miniature: a Python function's tasks (so the JVM holds a connection to pyspark's
 # accumulator server, as after the steps' UDFs), then session.stop, as the steps' main() ends.
