@@ -77,6 +77,15 @@ def shared_sample() -> Path:
     return SHARED_SAMPLE
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_store(tmp_path_factory):
+    """The local stack's S3 store (SeaweedFS `weed mini`, from the dev dependency) on loopback."""
+    from tests.s3_store import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as store:
+        yield store
+
+
 @pytest.fixture
 def moto_server(monkeypatch):
     """moto's threaded server on 127.0.0.1 as the emr target's AWS account; yields an S3 client.

@@ -1,4 +1,5 @@
-"""Every lake operation, the same test on a local folder and on S3 (moto's server, through s3fs and boto3).
+"""Every lake operation, the same test on a local folder and on S3 (moto's server, and the local stack's
+SeaweedFS binary), through s3fs and boto3.
 
 The two drift bugs of the former twin lakes are here: a missing file raised FileNotFoundError locally
 but a botocore ClientError on S3, and `exists` matched a prefix on S3 (`runs/r1` "existed" when only
@@ -32,11 +33,23 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "seaweedfs"])
 def lake(request, tmp_path, monkeypatch) -> Iterator[tuple[Lake, str]]:
-    """(the lake, its root URI): a folder, or a fresh bucket on moto's server."""
+    """(the lake, its root URI): a folder, a fresh bucket on moto's server, or one on SeaweedFS."""
     if request.param == "local":
         yield Lake.local(), f"file://{tmp_path}/lake"
+        return
+    if request.param == "seaweedfs":
+        from tests.s3_store import empty_bucket
+
+        store = request.getfixturevalue("seaweedfs_store")
+        # boto3's default session keeps the first credentials it resolved (moto's, in this module).
+        monkeypatch.setattr("boto3.DEFAULT_SESSION", None)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", store.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", store.secret_key)
+        client, fs = s3_access(REGION, SSE_S3, endpoint_url=store.endpoint)
+        empty_bucket(client, BUCKET)
+        yield Lake(fs, client, SSE_S3), f"s3://{BUCKET}/lake"
         return
     import requests
 

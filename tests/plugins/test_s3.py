@@ -1,4 +1,5 @@
-"""The S3 lake against moto: hash-checked sync, encryption, clear errors, server-side CSV merge."""
+"""The S3 lake against moto and against the stack's real store (SeaweedFS): hash-checked sync,
+encryption, clear errors, server-side copies and CSV merge."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from orchard import s3
 from orchard.lake import s3_access
 from orchard.s3 import HEADER, plan_merge, sync_to_s3
 from orchard.s3 import assemble_csv as merge_csv
+from tests.s3_store import empty_bucket
 
 BUCKET = "orchard-lake"
 SSE_S3 = {"ServerSideEncryption": "AES256"}
@@ -20,11 +22,22 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def client():
+def moto_client():
     with mock_aws():
         c = boto3.client("s3", region_name="eu-west-1")
         c.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         yield c
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def client(request):
+    """An S3 client with an empty lake bucket: moto in-process, or the stack's SeaweedFS binary."""
+    if request.param == "moto":
+        yield request.getfixturevalue("moto_client")
+        return
+    c = request.getfixturevalue("seaweedfs_store").client()
+    empty_bucket(c, BUCKET)
+    yield c
 
 
 @pytest.fixture
@@ -65,7 +78,8 @@ def test_second_sync_uploads_nothing_and_a_changed_file_goes_again(client, sourc
     assert body == target.read_bytes()
 
 
-def test_sync_with_a_kms_key(client, source):
+def test_sync_with_a_kms_key(moto_client, source):
+    client = moto_client
     key_id = boto3.client("kms", region_name="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
     sse_kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_id}
     sync_to_s3(source, f"s3://{BUCKET}/images/kms", client, sse_kms, limit=2)
@@ -228,3 +242,120 @@ def test_airflow_and_cli_clients_carry_the_retry_configuration(monkeypatch):
             assert lake.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
             assert lake.fs.config_kwargs == RETRIES  # s3fs: the same retries on its botocore config
             assert lake.fs.s3_additional_kwargs == SSE_S3  # and every write encrypted
+
+
+# What only the real store shows: moto checks no signature, stores objects in memory and reports
+# what it was sent. These run on the stack's S3 store (SeaweedFS) alone.
+
+
+@pytest.fixture
+def store_client(seaweedfs_store):
+    c = seaweedfs_store.client()
+    empty_bucket(c, BUCKET)
+    return c
+
+
+def test_the_store_refuses_a_wrong_secret(seaweedfs_store):
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        seaweedfs_store.client(secret="not-the-secret").list_objects_v2(Bucket=BUCKET)
+
+
+def test_sse_s3_is_honoured_not_just_echoed(seaweedfs_store, store_client, tmp_path):
+    """The stack claims SSE-S3: the bytes on the store's disk are not the plain bytes."""
+    marker = random.Random(7).randbytes(64 * 1024)
+    src = tmp_path / "src" / "class" / "secret.png"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(marker)
+    sync_to_s3(tmp_path / "src", f"s3://{BUCKET}/images/enc", store_client, SSE_S3)
+    head = store_client.head_object(Bucket=BUCKET, Key="images/enc/class/secret.png")
+    assert head["ServerSideEncryption"] == "AES256"
+    body = store_client.get_object(Bucket=BUCKET, Key="images/enc/class/secret.png")["Body"].read()
+    assert body == marker
+    on_disk = b"".join(p.read_bytes() for p in seaweedfs_store.data_dir.rglob("*") if p.is_file())
+    assert marker[:4096] not in on_disk
+    # The control: the same bytes without SSE are found in clear, so the search itself works.
+    store_client.put_object(Bucket=BUCKET, Key="plain.bin", Body=marker)
+    on_disk = b"".join(p.read_bytes() for p in seaweedfs_store.data_dir.rglob("*") if p.is_file())
+    assert marker[:4096] in on_disk
+
+
+def test_the_store_cannot_do_sse_kms(store_client):
+    """No KMS behind the store: the stack must not set ORCHARD_KMS_KEY_ID (tests/test_compose.py)."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
+        store_client.put_object(
+            Bucket=BUCKET, Key="k.bin", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId="alias/orchard"
+        )
+
+
+def test_listings_page_with_continuation_tokens(store_client):
+    for i in range(23):
+        store_client.put_object(Bucket=BUCKET, Key=f"images/ds/c/{i:03d}.jpg", Body=b"x" * i)
+    pages = list(
+        store_client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix="images/ds/", PaginationConfig={"PageSize": 10}
+        )
+    )
+    assert [len(p.get("Contents", [])) for p in pages] == [10, 10, 3]
+    assert s3.existing_sizes(store_client, BUCKET, "images/ds") == {f"c/{i:03d}.jpg": i for i in range(23)}
+
+
+def test_a_large_image_is_uploaded_in_parts(store_client, tmp_path):
+    """Above boto3's multipart threshold the sync sends parts (the ETag of an object made of N parts ends -N)."""
+    src = tmp_path / "src" / "big"
+    src.mkdir(parents=True)
+    data = random.Random(3).randbytes(65 * MIB)
+    (src / "huge.tif").write_bytes(data)
+    report = sync_to_s3(tmp_path / "src", f"s3://{BUCKET}/images/big", store_client, SSE_S3)
+    assert report.uploaded == 1
+    head = store_client.head_object(Bucket=BUCKET, Key="images/big/big/huge.tif")
+    # Past the sync's 64 MiB threshold, boto3's 8 MiB parts: 65 MiB is 9 of them.
+    assert head["ETag"].strip('"').rsplit("-", 1)[-1] == "9"
+    assert head["Metadata"]["sha256"] == s3.file_sha256(src / "huge.tif")
+    assert store_client.get_object(Bucket=BUCKET, Key="images/big/big/huge.tif")["Body"].read() == data
+
+
+def test_an_s3_source_is_copied_inside_the_store(store_client):
+    """CopyObject below the threshold, UploadPartCopy above it; unchanged objects are skipped."""
+    small, large = b"s" * 1000, random.Random(5).randbytes(12 * MIB)
+    store_client.put_object(Bucket=BUCKET, Key="incoming/a/small.jpg", Body=small)
+    store_client.put_object(Bucket=BUCKET, Key="incoming/a/large.jpg", Body=large)
+    dest = f"s3://{BUCKET}/images/incoming"
+    first = s3.sync_s3_to_s3(f"s3://{BUCKET}/incoming", dest, store_client, SSE_S3, copy_threshold=5 * MIB)
+    assert (first.uploaded, first.skipped, first.failed) == (2, 0, {})
+    got = {k: store_client.get_object(Bucket=BUCKET, Key=f"images/incoming/a/{k}") for k in ("small.jpg", "large.jpg")}
+    assert got["small.jpg"]["Body"].read() == small
+    assert got["large.jpg"]["Body"].read() == large
+    assert got["large.jpg"]["ETag"].strip('"').endswith("-3")  # three 5 MiB parts, copied server-side
+    assert all(g["ServerSideEncryption"] == "AES256" for g in got.values())
+    again = s3.sync_s3_to_s3(f"s3://{BUCKET}/incoming", dest, store_client, SSE_S3, copy_threshold=5 * MIB)
+    assert (again.uploaded, again.skipped) == (0, 2)
+
+
+def test_the_csv_is_assembled_with_upload_part_copy(store_client):
+    big = b"a,1\n" * (12 * MIB // 4)
+    store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00000.csv", Body=big)
+    store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00001.csv", Body=big)
+    store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00002.csv", Body=b"z,9\n")
+    stats = merge_csv(store_client, ["path", "pc_1"], f"s3://{BUCKET}/r/csv_parts", f"s3://{BUCKET}/r/o.csv", SSE_S3)
+    got = store_client.get_object(Bucket=BUCKET, Key="r/o.csv")
+    assert got["Body"].read() == b"path,pc_1\n" + big + big + b"z,9\n"
+    assert got["ETag"].strip('"').endswith(f"-{stats['parts']}")
+    assert stats["parts"] >= 2 and stats["bytes_copied_in_s3"] > 0  # UploadPartCopy did part of it
+
+
+def test_create_bucket_command_against_the_store(seaweedfs_store, monkeypatch, capsys):
+    """`python -m orchard.s3 create-bucket`, the stack's one-shot, twice: created, then already there."""
+    monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # it keeps the first credentials it resolved
+    monkeypatch.setenv("ORCHARD_LAKE", "s3://stack-bucket/lake")
+    monkeypatch.setenv("ORCHARD_S3_ENDPOINT", seaweedfs_store.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs_store.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs_store.secret_key)
+    s3.main(["create-bucket"])
+    s3.main(["create-bucket"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("bucket 'stack-bucket' created")
+    assert out[1].startswith("bucket 'stack-bucket' already there")
