@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +76,7 @@ class Store:
 
 
 @contextlib.contextmanager
-def seaweedfs(work: Path, timeout: float = 60) -> Iterator[Store]:
+def seaweedfs(work: Path, timeout: float = 60) -> Generator[Store]:
     """`weed mini` on loopback ports of its own, stopped (and waited for) on the way out."""
     data = work / "data"
     data.mkdir(parents=True)
@@ -127,7 +127,9 @@ def seaweedfs(work: Path, timeout: float = 60) -> Iterator[Store]:
 
 def empty_bucket(client, bucket: str) -> None:
     """Create `bucket`, or delete every object it holds (a fresh bucket for each test)."""
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+    with contextlib.suppress(
+        client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
+    ):
         client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]

@@ -1,4 +1,4 @@
-"""A cancelled emr run, live: Airflow's four services (tests/airflow_services.py) against moto.
+"""A cancelled emr run, live: Airflow's four services (orchard.dev.ui, as `make ui` starts them) against moto.
 
 The run is triggered through the REST API and marked failed through it (PATCH of the run's state,
 what the UI's "Mark as failed" sends) while `wait_featurize` is deferred to the triggerer. moto
@@ -18,8 +18,8 @@ import time
 
 import pytest
 
+from orchard.dev.ui import Airflow, airflow_services, wait_for
 from orchard.samples import generate
-from tests.airflow_services import Airflow, airflow_services, wait_for
 from tests.emr_moto import SECRETS, clusters
 
 pytestmark = pytest.mark.e2e

@@ -24,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchard.dev.ui import stop_process_groups
 from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
 from tests import iam
-from tests.airflow_services import stop_process_groups
 from tests.conftest import ROOT
 from tests.emr_moto import BUCKET, LAKE, SECRETS, WHEELHOUSE_KEY, clusters
 from tests.imagefactory import truncated_jpeg

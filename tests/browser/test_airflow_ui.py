@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import pytest
 
+from orchard.dev.ui import SERVICES, airflow_services, wait_for
 from orchard.layout import local_path
 from orchard.samples import generate
-from tests.airflow_services import SERVICES, airflow_services, wait_for
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser

@@ -258,7 +258,7 @@ def store_client(seaweedfs_store):
 def test_the_store_refuses_a_wrong_secret(seaweedfs_store):
     from botocore.exceptions import ClientError
 
-    with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+    with pytest.raises(ClientError, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
         seaweedfs_store.client(secret="not-the-secret").list_objects_v2(Bucket=BUCKET)
 
 
@@ -304,7 +304,7 @@ def test_listings_page_with_continuation_tokens(store_client):
 
 
 def test_a_large_image_is_uploaded_in_parts(store_client, tmp_path):
-    """Above boto3's multipart threshold the sync sends parts (the ETag of an object made of N parts ends -N)."""
+    """Above boto3's multipart threshold the sync sends parts (an object of N parts has an ETag ending -N)."""
     src = tmp_path / "src" / "big"
     src.mkdir(parents=True)
     data = random.Random(3).randbytes(65 * MIB)
@@ -326,7 +326,10 @@ def test_an_s3_source_is_copied_inside_the_store(store_client):
     dest = f"s3://{BUCKET}/images/incoming"
     first = s3.sync_s3_to_s3(f"s3://{BUCKET}/incoming", dest, store_client, SSE_S3, copy_threshold=5 * MIB)
     assert (first.uploaded, first.skipped, first.failed) == (2, 0, {})
-    got = {k: store_client.get_object(Bucket=BUCKET, Key=f"images/incoming/a/{k}") for k in ("small.jpg", "large.jpg")}
+    got = {
+        k: store_client.get_object(Bucket=BUCKET, Key=f"images/incoming/a/{k}")
+        for k in ("small.jpg", "large.jpg")
+    }
     assert got["small.jpg"]["Body"].read() == small
     assert got["large.jpg"]["Body"].read() == large
     assert got["large.jpg"]["ETag"].strip('"').endswith("-3")  # three 5 MiB parts, copied server-side
@@ -340,7 +343,9 @@ def test_the_csv_is_assembled_with_upload_part_copy(store_client):
     store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00000.csv", Body=big)
     store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00001.csv", Body=big)
     store_client.put_object(Bucket=BUCKET, Key="r/csv_parts/part-00002.csv", Body=b"z,9\n")
-    stats = merge_csv(store_client, ["path", "pc_1"], f"s3://{BUCKET}/r/csv_parts", f"s3://{BUCKET}/r/o.csv", SSE_S3)
+    stats = merge_csv(
+        store_client, ["path", "pc_1"], f"s3://{BUCKET}/r/csv_parts", f"s3://{BUCKET}/r/o.csv", SSE_S3
+    )
     got = store_client.get_object(Bucket=BUCKET, Key="r/o.csv")
     assert got["Body"].read() == b"path,pc_1\n" + big + big + b"z,9\n"
     assert got["ETag"].strip('"').endswith(f"-{stats['parts']}")

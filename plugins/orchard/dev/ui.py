@@ -1,7 +1,10 @@
-"""Airflow as it is deployed: its four services (api-server, scheduler, dag-processor, triggerer) on a
-fresh SQLite DB with the LocalExecutor, each in its own process group, and a REST client for them.
+"""Airflow's UI without Docker: its four services (api-server, scheduler, dag-processor, triggerer) on
+SQLite with the LocalExecutor, each in its own process group, and a REST client for them.
 
-Used by the browser test (tests/browser) and the live cancel test (tests/test_cancel_live.py).
+    python -m orchard.dev.ui      # make ui: the embedded default (.airflow/, the lake folder, local Spark)
+
+`make ui` runs this module's main; the browser test (tests/browser) and the live cancel test
+(tests/test_cancel_live.py) start the same services through `airflow_services`, on a fresh home.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
-from tests.conftest import ROOT
+from orchard.config import PROJECT_ROOT as ROOT
 
+T = TypeVar("T")
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -32,7 +37,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(what: str, check, timeout: float, every: float = 1.0):
+def wait_for(what: str, check: Callable[[], T], timeout: float, every: float = 1.0) -> T:
+    """`check()`'s first truthy result, polled every `every` seconds; TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -83,17 +89,26 @@ class Airflow:
 
 
 @contextlib.contextmanager
-def airflow_services(work: Path, env: Mapping[str, str], start_timeout: float = 180) -> Generator[Airflow]:
-    """Airflow's four services on a fresh SQLite DB under `work`, with `env` on top of this process's.
+def airflow_services(
+    work: Path,
+    env: Mapping[str, str],
+    start_timeout: float = 180,
+    home: Path | None = None,
+    port: int | None = None,
+) -> Generator[Airflow]:
+    """Airflow's four services on SQLite, with `env` on top of this process's environment.
 
-    Yields once the API reports the metadata DB and the scheduler healthy; stops every service by
-    its process group on the way out (SIGTERM, then SIGKILL after 30 s). Logs: work/<service>.log.
+    `home`: the Airflow home (its SQLite DB kept there); a fresh one under `work` by default. The
+    admin's password is new at every start. Yields once the API reports the metadata DB and the
+    scheduler healthy; stops every service by its process group on the way out (SIGTERM, then
+    SIGKILL after 30 s). Logs: work/<service>.log.
     """
-    home = work / "home"
-    home.mkdir(parents=True)
+    home = home or work / "home"
+    home.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(12)
     (home / "passwords.json").write_text(json.dumps({"admin": password}))
-    port = free_port()
+    (home / "passwords.json").chmod(0o600)
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {
         **os.environ,
@@ -129,7 +144,7 @@ def airflow_services(work: Path, env: Mapping[str, str], start_timeout: float = 
                     )
                 )
 
-        def healthy():
+        def healthy() -> bool:
             exited = [s for s, p in zip(SERVICES, procs, strict=True) if p.poll() is not None]
             if exited:
                 raise RuntimeError(f"Airflow's {', '.join(exited)} exited:\n{airflow.log_tails()}")
@@ -165,3 +180,37 @@ def stop_process_groups(procs: list[subprocess.Popen]) -> None:
     for proc in procs:  # what a process left behind in its group (a task's process)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`make ui`: the services on the embedded default until Ctrl-C; prints the URL and the login."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Airflow's UI on the embedded default (SQLite, the lake folder)"
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("UI_PORT", "8080")))
+    args = parser.parse_args(argv)
+    home = Path(os.environ.get("AIRFLOW_HOME", ROOT / ".airflow"))
+    work = home / "ui-logs"
+    work.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:  # the port asked for, or any free one when it is taken
+        port = args.port if sock.connect_ex(("127.0.0.1", args.port)) else free_port()
+    env = {"AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))}
+    print(
+        f"Starting Airflow's api-server, scheduler, dag-processor and triggerer (logs: {work}/)", flush=True
+    )
+    with airflow_services(work, env, home=home, port=port) as airflow:
+        print(
+            f"\nAirflow UI: {airflow.url}   login: {airflow.user} / {airflow.password}\n"
+            f"Lake: {os.environ.get('ORCHARD_LAKE', ROOT / 'lake')}   Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    print("Airflow stopped.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Run inside the stack's Airflow image: the bodies of upload_images and convert_model (what the DAG
+runs before its Spark steps) on the S3 lake of the container's settings. Prints one JSON line."""
+
+import json
+
+from orchard import pipeline
+from orchard.config import Settings
+from orchard.layout import RunLayout
+
+settings = Settings.from_env()
+assert settings.lake_on_s3, settings.lake
+params = {"source": "/opt/airflow/images", "limit": None, "weights": "random:5", "weights_fallback": "fail"}
+upload = pipeline.upload_images(settings, params, "stack_s3_boundary")
+run = RunLayout.from_xcom(upload["run"])
+model = pipeline.convert_model(settings, params, run)
+print(json.dumps({"inputs_file": run.inputs_file, "sync": upload["sync"], "model": model}, default=str))
