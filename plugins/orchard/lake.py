@@ -1,4 +1,4 @@
-"""The lake: one interface, one behaviour, on a local folder, MinIO and S3.
+"""The lake: one interface, one behaviour, on a local folder, an S3-compatible store and S3.
 
 Reads, listings and small writes go through fsspec (LocalFileSystem, or s3fs for s3:// and s3a://
 URIs); the two operations that need S3's own API stay Orchard's and run on the lake's boto3 client:
@@ -69,7 +69,7 @@ class Lake:
 
     @property
     def on_s3(self) -> bool:
-        """Whether this lake is on S3 (or MinIO)."""
+        """Whether this lake is on S3 (or an S3-compatible store)."""
         return self.client is not None
 
     def _path(self, uri: str) -> str:
@@ -209,7 +209,7 @@ def s3_access(
     """The lake's boto3 S3 client and s3fs filesystem, both with RETRIES, from one set of credentials.
 
     With `conn_id`: the Airflow connection's (credentials, endpoint), as the provider's S3Hook reads
-    it; else the standard AWS chain, at `endpoint_url` when given (MinIO). Credentials never in code.
+    it; else the standard AWS chain, at `endpoint_url` when given (the stack's SeaweedFS). Credentials never in code.
     """
     from botocore.config import Config
     from s3fs import S3FileSystem

@@ -325,7 +325,7 @@ def create_bucket(client: Any, bucket: str, region: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m orchard.s3 create-bucket`: the compose stack's one-shot MinIO set-up."""
+    """`python -m orchard.s3 create-bucket`: the compose stack's one-shot bucket set-up."""
     import argparse
 
     from orchard.config import Settings

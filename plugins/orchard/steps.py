@@ -76,7 +76,7 @@ def spark_conf() -> dict[str, str]:
 
 
 def local_spark_conf(settings: Settings) -> dict[str, str]:
-    """spark_conf() plus, for a lake on S3 or MinIO, the s3a connector's settings.
+    """spark_conf() plus, for a lake on S3 or an S3-compatible store, the s3a connector's settings.
 
     Credentials are not in here: s3a reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the
     environment of the Spark process, as the AWS SDK does everywhere else.
