@@ -119,7 +119,8 @@ java:
 
 # Airflow's UI without Docker: its four services on the embedded default (SQLite in .airflow/, the
 # lake folder, local Spark); prints the URL and a login made for this start; Ctrl-C stops them all.
-ui: venv java $(JVM_ARCHIVE)
+# UI_PORT picks the port (8080, or a free one when it is taken). The browser test (make e2e) runs this target.
+ui: venv java
 	$(PY) -m orchard.dev.ui
 
 # A user's session in a real browser: Airflow's four services on SQLite, Playwright driving Debian's
@@ -179,7 +180,8 @@ docker-engine:
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade "pip==26.3"
-	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	# soupsieve 3.x needs Python >= 3.11.5; the project supports every 3.11 (tests/test_environment.py).
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]" "soupsieve<3"
 	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
 	rm -rf .lock-venv
 

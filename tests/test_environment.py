@@ -48,3 +48,19 @@ def test_constraints_cover_every_pin():
             constraints[name.strip().lower().replace("_", "-")] = version.strip()
     for name, version in pins().items():
         assert constraints.get(name.replace("_", "-")) == version, name
+
+
+def test_every_installed_package_runs_on_every_python_the_project_supports():
+    """pyproject.toml says Python >=3.11: a pin that needs a later 3.11 (soupsieve 3.x and 4.x need 3.11.5)
+    breaks Debian 12's 3.11.2, and the stack image CI builds on it."""
+    from packaging.specifiers import SpecifierSet
+
+    supported = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    lowest = re.search(r">=\s*([0-9.]+)", supported).group(1)
+    lowest = lowest if lowest.count(".") == 2 else f"{lowest}.0"
+    too_new = {
+        dist.metadata["Name"]: requires
+        for dist in metadata.distributions()
+        if (requires := dist.metadata.get("Requires-Python")) and not SpecifierSet(requires).contains(lowest)
+    }
+    assert too_new == {}

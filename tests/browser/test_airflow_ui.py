@@ -1,6 +1,6 @@
 """A user's session in a real browser: log in, trigger fruits_pipeline with the form, see it succeed,
-open the run and its "Orchard report" tab. Airflow runs as its four services (api-server, scheduler,
-dag-processor, triggerer) on SQLite with the LocalExecutor; Playwright drives Debian's Chromium headless.
+open the run and its "Orchard report" tab. Airflow runs as `make ui` starts it (its four services on
+SQLite with the LocalExecutor); Playwright drives Debian's Chromium headless.
 
 Run with `make e2e`; screenshots land in `tests/browser/screenshots/` (or $ORCHARD_E2E_SHOTS).
 """
@@ -11,13 +11,15 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from orchard.dev.ui import SERVICES, airflow_services, wait_for
+from orchard.dev.ui import SERVICES, free_port, wait_for
 from orchard.layout import local_path
 from orchard.samples import generate
 from tests.conftest import ROOT
@@ -40,33 +42,60 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory) -> Iterator[dict]:
-    """Airflow's four services on a fresh SQLite DB; yields the URL, the login and the lake."""
+    """`make ui`, as a user starts it, on a fresh Airflow home and lake; yields the URL and the login it
+    printed. Stopped at the end as a user does, with Ctrl-C (SIGINT to its process group), and then
+    no process of it may be left."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: `make e2e` installs Debian's chromium")
     work = tmp_path_factory.mktemp("airflow-ui")
-    lake, images = work / "lake", work / "images"
+    home, lake, images = work / "home", work / "lake", work / "images"
     generate(images, per_class=3, seed=7)
     env = {
+        **os.environ,
         "AIRFLOW_CONN_ORCHARD_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "ORCHARD_LAKE": str(lake),
         "ORCHARD_SOURCE": str(images),
         "ORCHARD_SCHEDULE": "none",  # this session's only run is the one it triggers
+        "UI_PORT": str(free_port()),
     }
+    command = ["make", "--no-print-directory", "-C", str(ROOT), "ui", f"AIRFLOW_HOME={home}"]
+    out = (work / "make-ui.log").open("w+")
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def printed():
+        if proc.poll() is not None:
+            raise RuntimeError(f"make ui exited {proc.returncode}:\n{(work / 'make-ui.log').read_text()}")
+        found = re.search(r"Airflow UI: (\S+)\s+login: (\S+) / (\S+)", (work / "make-ui.log").read_text())
+        return found and found.groups()
+
     try:
-        with airflow_services(work, env) as services:
-            yield {
-                "url": services.url,
-                "user": services.user,
-                "password": services.password,
-                "lake": lake,
-                "images": images,
-                "work": work,
-            }
+        url, user, password = wait_for("make ui to print the login", printed, timeout=300, every=1)
+        yield {"url": url, "user": user, "password": password, "lake": lake, "images": images, "work": work}
     finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        proc.wait(timeout=90)
+        out.close()
+        logs = home / "ui-logs"
         SHOTS.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:  # kept beside the screenshots for when a step fails
-            if (work / f"{service}.log").exists():
-                shutil.copyfile(work / f"{service}.log", SHOTS / f"{service}.log")
+            if (logs / f"{service}.log").exists():
+                shutil.copyfile(logs / f"{service}.log", SHOTS / f"{service}.log")
+    assert "Airflow stopped." in (work / "make-ui.log").read_text()
+    assert left_running(home) == [], left_running(home)
+
+
+def left_running(home: Path) -> list[str]:
+    """Processes still running with this Airflow home in their environment."""
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get("AIRFLOW_HOME") == str(home):
+                left.append(" ".join(proc.info["cmdline"] or []))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return left
 
 
 @pytest.fixture(scope="module")
