@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -197,6 +198,28 @@ def stack(tmp_path_factory, source) -> Iterator[Stack]:
                 capture_output=True, text=True, check=False,
             ).stdout.split()  # fmt: skip
             assert left == [] and networks == [], (left, networks)
+
+
+def test_docker_compose_v1_accepts_the_file():
+    """CI runs the stack with Debian's docker-compose 1.29 (v1): the file parses there, as under v2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")} | generated()
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yaml"), "config", "--quiet"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_the_generated_secrets_the_stack_refuses_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in generated()}
+    (tmp_path / "0.env").write_text("")
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yaml"), "--env-file", str(tmp_path / "0.env"),
+         "config", "--quiet"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "run make up" in done.stderr
 
 
 def trigger_and_wait(stack: Stack, conf: dict, timeout: float = 1200) -> dict:
