@@ -193,7 +193,7 @@ class Settings(BaseSettings):
 
     @property
     def lake_on_s3(self) -> bool:
-        """Whether the lake is an S3 (or S3-compatible, e.g. the stack's SeaweedFS) prefix rather than a folder."""
+        """Whether the lake is an S3 (or S3-compatible: the stack's SeaweedFS) prefix, not a folder."""
         return self.lake.startswith("s3://")
 
     @property

@@ -209,7 +209,8 @@ def s3_access(
     """The lake's boto3 S3 client and s3fs filesystem, both with RETRIES, from one set of credentials.
 
     With `conn_id`: the Airflow connection's (credentials, endpoint), as the provider's S3Hook reads
-    it; else the standard AWS chain, at `endpoint_url` when given (the stack's SeaweedFS). Credentials never in code.
+    it; else the standard AWS chain, at `endpoint_url` when given (the stack's SeaweedFS). Credentials
+    never in code.
     """
     from botocore.config import Config
     from s3fs import S3FileSystem
