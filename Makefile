@@ -161,7 +161,7 @@ logs:
 # The same stack started for real, as CI does (tests/stack): a Docker engine started and stopped here,
 # images built from a Debian base made with debootstrap (no registry needed), the DAG triggered
 # through the REST API, its outputs checked, everything brought down. ~15 min cold, ~6 min warm.
-stack-test: venv docker-engine
+stack-test: venv docker-engine chromium
 	$(PY) -m pytest -p no:cacheprovider -m stack -s tests/stack $(PYTEST_ARGS)
 
 # Docker's engine, Compose (Debian's 1.29) and debootstrap, installed with apt when root and missing.

@@ -133,12 +133,7 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
 
     url = airflow["url"]
 
-    # Log in.
-    page.goto(f"{url}/")
-    page.get_by_label(re.compile(r"username", re.I)).fill(airflow["user"])
-    page.get_by_label(re.compile(r"password", re.I)).fill(airflow["password"])
-    page.get_by_role("button", name=re.compile(r"sign in|log in|login", re.I)).click()
-    page.wait_for_load_state("networkidle")
+    log_in(page, url, airflow["user"], airflow["password"])
 
     # The DAG, once the dag-processor has parsed it (a navigation still under way after the login
     # redirect aborts a goto: that is retried too).
@@ -191,29 +186,38 @@ def test_trigger_with_the_form_and_read_the_report(airflow, page):
     assert "featurize progress: 18/18 images (100%), tasks 2/2" in log_text
 
     # The run's page, then its "Orchard report" tab: the report from the lake, inside the UI.
-    open_the_report_tab(page, url, manifest["run_id"])
+    open_the_report_tab(page, url, manifest["run_id"], (18, 18, 0), SHOTS)
 
 
-def open_the_report_tab(page, url: str, run_id: str) -> None:
-    """The run's page and its "Orchard report" tab, with the counts and both plots drawn."""
+def log_in(page, url: str, user: str, password: str) -> None:
+    """Airflow's login page, as a user fills it."""
+    page.goto(f"{url}/")
+    page.get_by_label(re.compile(r"username", re.I)).fill(user)
+    page.get_by_label(re.compile(r"password", re.I)).fill(password)
+    page.get_by_role("button", name=re.compile(r"sign in|log in|login", re.I)).click()
+    page.wait_for_load_state("networkidle")
+
+
+def open_the_report_tab(page, url: str, run_id: str, counts: tuple[int, int, int], shots: Path) -> None:
+    """The run's page and its "Orchard report" tab, with the counts (inputs, featurized, quarantined)
+    and both plots drawn; screenshots in `shots`."""
     from playwright.sync_api import expect
 
     page.goto(f"{url}/dags/fruits_pipeline/runs/{quote(run_id, safe='')}")
     page.wait_for_load_state("networkidle")
     tab = page.get_by_role("link", name="Orchard report")  # the run page's tabs are links
     expect(tab).to_be_visible()
-    page.screenshot(path=SHOTS / "2-successful-run.png", full_page=True)
+    page.screenshot(path=shots / "2-successful-run.png", full_page=True)
     tab.click()
     expect(page).to_have_url(re.compile(r"/plugin/orchard-report$"))
     report = page.frame_locator('iframe[title="Orchard report"]')
-    expect(report.locator("#inputs")).to_have_text("18")
-    expect(report.locator("#featurized")).to_have_text("18")
-    expect(report.locator("#quarantined")).to_have_text("0")
+    for field, count in zip(("#inputs", "#featurized", "#quarantined"), counts, strict=True):
+        expect(report.locator(field)).to_have_text(str(count))
     for alt in ("scree plot", "PC1/PC2 scatter"):
         plot = report.get_by_alt_text(alt)
         expect(plot).to_be_visible()
         # Decoded and drawn, not a broken-image icon.
         assert plot.evaluate("img => img.complete && img.naturalWidth") >= 800
-    page.screenshot(path=SHOTS / "3-report-tab.png", full_page=True)
+    page.screenshot(path=shots / "3-report-tab.png", full_page=True)
     report.get_by_alt_text("PC1/PC2 scatter").scroll_into_view_if_needed()
-    page.screenshot(path=SHOTS / "4-report-tab-plots.png", full_page=True)
+    page.screenshot(path=shots / "4-report-tab-plots.png", full_page=True)

@@ -284,6 +284,9 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
     assert served.status_code == 200, served.text[:500]
     assert f'<td id="featurized">{good}</td>' in served.text
 
+    # The same tab in a real browser, logged in through the UI's own form.
+    browse_the_report_tab(stack, first["dag_run_id"], (good + len(BAD_FILES), good, len(BAD_FILES)))
+
     # The same source again: nothing uploaded, every image's features from the cache.
     started = time.monotonic()
     second = trigger_and_wait(stack, conf)
@@ -320,6 +323,27 @@ def test_the_s3_lake_up_to_the_spark_steps(stack, source):
     assert len(listing) == len(expected)
     assert any(k.endswith(".onnx") for k in keys), sorted(keys)[:20]
     assert result["sync"]["uploaded"] == len(expected)
+
+
+def browse_the_report_tab(stack: Stack, run_id: str, counts: tuple[int, int, int]) -> None:
+    """Log in to the stack's UI with Chromium (Playwright), open the run's Orchard report tab, and keep
+    screenshots in tests/stack/screenshots/."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.test_airflow_ui import CHROMIUM, CHROMIUM_ARGS, log_in, open_the_report_tab
+
+    shots = HERE / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        try:
+            log_in(page, stack.url, "admin", stack.env["AIRFLOW_ADMIN_PASSWORD"])
+            open_the_report_tab(page, stack.url, run_id, counts, shots)
+        finally:
+            page.screenshot(path=shots / "last-page.png", full_page=True)
+            browser.close()
 
 
 def _dag_parsed(stack: Stack) -> bool:
