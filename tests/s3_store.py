@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from orchard.dev.ui import stop_process_groups
+
 REGION = "eu-west-1"
 
 
@@ -116,12 +118,7 @@ def seaweedfs(work: Path, timeout: float = 60) -> Generator[Store]:
             time.sleep(0.3)
         yield Store(endpoint, access, secret, data)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process_groups([proc])
         log.close()
 
 

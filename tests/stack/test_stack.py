@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import requests
 
-from orchard.dev.ui import free_port, wait_for
+from orchard.dev.ui import Airflow, free_port, wait_for
 from orchard.samples import generate
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
@@ -59,7 +59,8 @@ class Stack:
     def __init__(self, name: str, env: dict[str, str], work: Path):
         self.name, self.env, self.work = name, env, work
         self.url = f"http://127.0.0.1:{env['AIRFLOW_PORT']}"
-        self._token: str | None = None
+        # The REST client of `make ui`'s services, pointed at the stack's api-server.
+        self.airflow = Airflow(self.url, "admin", env["AIRFLOW_ADMIN_PASSWORD"], work, work)
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
         command = ["docker-compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yaml"), *args]
@@ -88,27 +89,8 @@ class Stack:
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail=80", check=False).stdout[-20000:]
 
-    def token(self) -> str:
-        if self._token is None:
-            password = self.env["AIRFLOW_ADMIN_PASSWORD"]
-            response = requests.post(
-                f"{self.url}/auth/token", json={"username": "admin", "password": password}, timeout=30
-            )
-            response.raise_for_status()
-            self._token = response.json()["access_token"]
-        return self._token
-
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        response = requests.request(
-            method,
-            f"{self.url}/api/v2/{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {self.token()}"},
-            timeout=30,
-        )
-        if not response.ok:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text[:2000]}")
-        return response.json()
+        return self.airflow.api(method, path, body)
 
     def s3(self):
         return boto3.client(
@@ -239,6 +221,16 @@ def trigger_and_wait(stack: Stack, conf: dict, timeout: float = 1200) -> dict:
     return stack.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}")
 
 
+def run_and_read(stack: Stack, conf: dict, name: str, tmp_path: Path) -> tuple[dict, Path, dict]:
+    """Trigger a run and wait for it; (the run, a copy of the lake volume, the latest manifest)."""
+    started = time.monotonic()
+    run = trigger_and_wait(stack, conf)
+    print(f"stack-test: {name} run {time.monotonic() - started:.1f} s", flush=True)
+    lake = stack.copy_out("/opt/airflow/lake", tmp_path / f"lake-{name}")
+    latest = json.loads((lake / "latest.json").read_text())
+    return run, lake, json.loads(host_path(lake, latest["manifest"]).read_text())
+
+
 def host_path(lake_copy: Path, uri: str) -> Path:
     """A lake URI of the containers (file:///opt/airflow/lake/...) in the copy made here."""
     return lake_copy / uri.removeprefix("file:///opt/airflow/lake/")
@@ -248,13 +240,7 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
     wait_for("the DAG parsed", lambda: _dag_parsed(stack), timeout=300, every=3)
     conf = {"source": "/opt/airflow/images", "weights": "random:5", "pca_k": 3}
 
-    started = time.monotonic()
-    first = trigger_and_wait(stack, conf)
-    print(f"stack-test: first run {time.monotonic() - started:.1f} s", flush=True)
-
-    lake = stack.copy_out("/opt/airflow/lake", tmp_path / "lake")
-    latest = json.loads((lake / "latest.json").read_text())
-    manifest = json.loads(host_path(lake, latest["manifest"]).read_text())
+    first, lake, manifest = run_and_read(stack, conf, "first", tmp_path)
     assert manifest["run_id"] == first["dag_run_id"]
     good = PER_CLASS * 6
     counts = manifest["counts"]
@@ -280,7 +266,7 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
     # The Orchard report tab, served by the stack's api-server to a logged-in user, and refused without.
     page = f"{stack.url}/orchard/runs/{DAG_ID}/{first['dag_run_id']}/"
     assert requests.get(page, timeout=30).status_code in {401, 403}
-    served = requests.get(page, headers={"Authorization": f"Bearer {stack.token()}"}, timeout=30)
+    served = requests.get(page, headers={"Authorization": f"Bearer {stack.airflow.token()}"}, timeout=30)
     assert served.status_code == 200, served.text[:500]
     assert f'<td id="featurized">{good}</td>' in served.text
 
@@ -288,12 +274,7 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
     browse_the_report_tab(stack, first["dag_run_id"], (good + len(BAD_FILES), good, len(BAD_FILES)))
 
     # The same source again: nothing uploaded, every image's features from the cache.
-    started = time.monotonic()
-    second = trigger_and_wait(stack, conf)
-    print(f"stack-test: second run {time.monotonic() - started:.1f} s", flush=True)
-    lake = stack.copy_out("/opt/airflow/lake", tmp_path / "lake2")
-    latest = json.loads((lake / "latest.json").read_text())
-    again = json.loads(host_path(lake, latest["manifest"]).read_text())
+    second, _, again = run_and_read(stack, conf, "second", tmp_path)
     assert again["run_id"] == second["dag_run_id"] != first["dag_run_id"]
     assert again["counts"]["uploaded"] == 0
     assert again["counts"]["from_cache"] == again["counts"]["inputs"] - len(BAD_FILES) == good

@@ -68,19 +68,23 @@ class Airflow:
             parts.append(f"--- {service} ---\n{text[-chars:]}")
         return "\n".join(parts)
 
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        """A call to the public REST API (/api/v2/...) with a JWT from /auth/token, as a user logs in."""
+    def token(self) -> str:
+        """A JWT from /auth/token, as a user logs in; kept for the calls after."""
         if self._token is None:
             response = requests.post(
                 f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=30
             )
             response.raise_for_status()
             self._token = response.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A call to the public REST API (/api/v2/...) with the login's JWT."""
         response = requests.request(
             method,
             f"{self.url}/api/v2/{path.lstrip('/')}",
             json=body,
-            headers={"Authorization": f"Bearer {self._token}"},
+            headers={"Authorization": f"Bearer {self.token()}"},
             timeout=30,
         )
         if not response.ok:
