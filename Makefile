@@ -160,7 +160,7 @@ logs:
 
 # The same stack started for real, as CI does (tests/stack): a Docker engine started and stopped here,
 # images built from a Debian base made with debootstrap (no registry needed), the DAG triggered
-# through the REST API, its outputs checked, everything brought down. ~15 min cold, ~6 min warm.
+# through the REST API, its outputs checked, everything brought down. ~7 min cold, ~3.5 min warm (2 cores).
 stack-test: venv docker-engine chromium
 	$(PY) -m pytest -p no:cacheprovider -m stack -s tests/stack $(PYTEST_ARGS)
 
