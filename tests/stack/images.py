@@ -28,6 +28,8 @@ from tests.conftest import ROOT
 DEBIAN = "orchard-ci/debian:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 CA_CERTS = Path("/usr/local/share/ca-certificates")
+# The build arguments CI gives the users' Airflow Dockerfile: no s3a jars (Maven Central is unreachable).
+CI_BUILD_ARGS = {"S3A_JARS": "none"}
 
 
 def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
@@ -165,10 +167,6 @@ def stack_images(work: Path) -> dict[str, tuple[str, bool]]:
         "orchard-ci/seaweedfs", context, context / "Dockerfile", [context / "weed"], {"DEBIAN_IMAGE": base}
     )
     return images
-
-
-# What the CI stack changes of the users' compose file, through its variables (docker-compose.yaml).
-CI_BUILD_ARGS = {"S3A_JARS": "none"}
 
 
 def ci_overrides(images: dict[str, tuple[str, bool]]) -> dict[str, str]:

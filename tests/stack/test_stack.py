@@ -111,9 +111,9 @@ class Stack:
         return dest
 
 
-def timed(timings: dict[str, float], name: str, started: float) -> None:
-    timings[name] = round(time.monotonic() - started, 1)
-    print(f"stack-test: {name} {timings[name]} s", flush=True)
+def timed(name: str, started: float) -> None:
+    """One line of the stack test's timings (docs/local-stack.md quotes them)."""
+    print(f"stack-test: {name} {time.monotonic() - started:.1f} s", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +132,11 @@ def source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, source) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("stack-work")
-    timings: dict[str, float] = {}
     with docker_engine(work):
         started = time.monotonic()
         images = stack_images(work)
-        timed(
-            timings,
-            "images (" + ", ".join(f"{k} {'built' if b else 'reused'}" for k, (_, b) in images.items()) + ")",
-            started,
-        )
+        built = ", ".join(f"{k} {'built' if b else 'reused'}" for k, (_, b) in images.items())
+        timed(f"images ({built})", started)
         env = compose_env(
             generated()
             | ci_overrides(images)
@@ -161,7 +157,7 @@ def stack(tmp_path_factory, source) -> Iterator[Stack]:
                 timeout=600,
                 every=3,
             )
-            timed(timings, "up and healthy", started)
+            timed("up and healthy", started)
             yield stack
         except BaseException:
             print(stack.logs())
@@ -170,7 +166,7 @@ def stack(tmp_path_factory, source) -> Iterator[Stack]:
             started = time.monotonic()
             stack.compose("down", "-v", "--remove-orphans", "--timeout", "30", check=False)
             name = stack.name
-            timed(timings, "down -v", started)
+            timed("down -v", started)
             left = subprocess.run(
                 ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"],
                 capture_output=True, text=True, check=False,
@@ -225,7 +221,7 @@ def run_and_read(stack: Stack, conf: dict, name: str, tmp_path: Path) -> tuple[d
     """Trigger a run and wait for it; (the run, a copy of the lake volume, the latest manifest)."""
     started = time.monotonic()
     run = trigger_and_wait(stack, conf)
-    print(f"stack-test: {name} run {time.monotonic() - started:.1f} s", flush=True)
+    timed(f"{name} run", started)
     lake = stack.copy_out("/opt/airflow/lake", tmp_path / f"lake-{name}")
     latest = json.loads((lake / "latest.json").read_text())
     return run, lake, json.loads(host_path(lake, latest["manifest"]).read_text())
