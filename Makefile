@@ -34,7 +34,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 demo: venv java $(JVM_ARCHIVE)
 	$(PY) -m orchard.samples data/sample --per-class 8
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
-	$(PY) -m orchard.demo $(if $(SOURCE),--source "$(SOURCE)")
+	$(PY) -m orchard.dev.demo $(if $(SOURCE),--source "$(SOURCE)")
 
 # Benchmarks (not part of `make test`): ratios measured side by side, printed as a table.
 # BENCH_ARGS="--json bench/last.json" keeps every figure.
@@ -85,10 +85,10 @@ lint: venv
 
 venv: $(STAMP) $(LOCAL_SPARK_HOME)
 
-# The local steps' Spark home (orchard.spark_home): links to pyspark's bin and jars, made again with
+# The local steps' Spark home (orchard.spark.home): links to pyspark's bin and jars, made again with
 # every new install, so their Python processes import the installed pyspark, not its zipped sources.
 $(LOCAL_SPARK_HOME): $(STAMP)
-	$(PY) -m orchard.spark_home
+	$(PY) -m orchard.spark.home
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -98,11 +98,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@mkdir -p $(AIRFLOW_HOME)
 	@touch $@
 
-# The local steps' JVM class archive (orchard.jvm_archive): one real run of both steps, ~1 min, once
+# The local steps' JVM class archive (orchard.dev.jvm_archive): one real run of both steps, ~1 min, once
 # per virtualenv; the steps start ~2 s faster each with it, and run without it when it is missing.
 $(JVM_ARCHIVE): $(STAMP) $(LOCAL_SPARK_HOME)
 	@$(MAKE) --no-print-directory java
-	$(PY) -m orchard.jvm_archive --force
+	$(PY) -m orchard.dev.jvm_archive --force
 
 # Spark 4 needs a Java 17+ runtime. Installed from Debian/Ubuntu packages when we are root.
 java:

@@ -49,9 +49,9 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 import numpy as np
 import psutil
 
-from orchard import steps
 from orchard.config import Settings
 from orchard.samples import generate
+from orchard.spark import steps
 
 BATCH = steps.ARROW_BATCH
 GFLOP_PER_IMAGE = 0.6  # MobileNetV2 at 224x224: ~300 M multiply-adds
@@ -225,8 +225,8 @@ def submit_env(settings: Settings) -> dict:
 
 def model_document(work: Path) -> Path:
     """The run's model document for random:42 weights, converted once as convert_model does."""
-    from orchard.inference import prepare_model
-    from orchard.lake import Lake
+    from orchard.model_cache import prepare_model
+    from orchard.storage.lake import Lake
 
     doc = prepare_model(Lake.local(), f"file://{work}/models", f"random:{WEIGHTS_SEED}", "fail")
     path = work / "inference_model.json"
@@ -268,7 +268,7 @@ def uploaded(images: Path) -> tuple[Path, Path]:
     Done once per folder, outside the timings: what the DAG's upload task hands the featurize step.
     """
     if images not in _UPLOADED:
-        from orchard.storage import listing_parquet, sync_folder
+        from orchard.storage.sync import listing_parquet, sync_folder
 
         lake = images.parent / f"{images.name}-lake"
         report = sync_folder(images, lake / "images")
@@ -277,17 +277,26 @@ def uploaded(images: Path) -> tuple[Path, Path]:
     return _UPLOADED[images]
 
 
+def step_paths(out: Path, *, images: str = "", inputs: str = "", model: Path | None = None,
+               features: str = "") -> steps.StepPaths:  # fmt: skip
+    """The steps' paths under `out` (no features cache: every rep featurizes every image)."""
+    return steps.StepPaths(
+        images=images, inputs=inputs, features=features or f"file://{out}/features",
+        quarantine=f"file://{out}/quarantine", featurize_summary=f"file://{out}/featurize.json",
+        inference_model=f"file://{model}", pca=f"file://{out}/pca", model=f"file://{out}/model",
+        pca_summary=f"file://{out}/pca.json", csv_parts=f"file://{out}/csv_parts",
+    )  # fmt: skip
+
+
 def spark_submit(settings: Settings, images: Path, out: Path, model: Path, master: str = "local[2]") -> dict:
     """The featurize step exactly as the DAG submits it (cold JVM and workers): wall time, memory.
 
     Like the DAG's, it reads the upload's input listing (--inputs).
     """
     images, inputs = uploaded(images)
-    args = [
-        "--images", f"file://{images}", "--inputs", f"file://{inputs}", "--features", f"file://{out}/features",
-        "--quarantine", f"file://{out}/quarantine", "--summary", f"file://{out}/featurize.json",
-        "--model", f"file://{model}",
-    ]  # fmt: skip
+    args = steps.featurize_args(
+        step_paths(out, images=f"file://{images}", inputs=f"file://{inputs}", model=model)
+    )
     wall, output, peaks = measured(submit_command(settings, "featurize.py", args, master), settings)
     summary = json.loads((out / "featurize.json").read_text())
     executed = sum(int(m.group(1)) for m in FEATURIZED_LINE.finditer(output))
@@ -296,10 +305,7 @@ def spark_submit(settings: Settings, images: Path, out: Path, model: Path, maste
 
 def pca_submit(settings: Settings, features_dir: Path, out: Path, k: int = 50) -> dict:
     """The PCA step exactly as the DAG submits it: wall time, memory."""
-    args = [
-        "--features", f"file://{features_dir}", "--pca", f"file://{out}/pca", "--model", f"file://{out}/model",
-        "--summary", f"file://{out}/pca.json", "--csv-parts", f"file://{out}/csv_parts", "--k", str(k),
-    ]  # fmt: skip
+    args = steps.pca_args(step_paths(out, features=f"file://{features_dir}"), k=k)
     wall, _, peaks = measured(submit_command(settings, "pca.py", args), settings)
     return {"wall_s": wall, "summary": json.loads((out / "pca.json").read_text()), **peaks}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from orchard.config import Settings
+from orchard.tasks.forget import forget as forget_images
 
 settings = Settings.from_env()
 
@@ -65,12 +66,6 @@ with DAG(
     @task(multiple_outputs=True)
     def forget() -> dict:
         """Erase the images and their derived rows; returns the erasure record (digests only)."""
-        from orchard.forget import collect_paths, forget_images
-        from orchard.lake import airflow_lake
-
-        params = get_current_context()["params"]
-        paths = collect_paths(params["paths"], params["paths_file"])
-        lake = airflow_lake(settings)
-        return forget_images(lake, settings.lake, params["dataset"], paths, params["reason"])
+        return forget_images(settings, get_current_context()["params"])
 
     forget()

@@ -65,12 +65,14 @@ from airflow.providers.amazon.aws.operators.emr import (
     EmrTerminateJobFlowOperator,
 )
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param, get_current_context, task, teardown
+from airflow.sdk import DAG, Param, chain, get_current_context, task, teardown
 
-from orchard import emr, pipeline, steps
+from orchard.aws import emr
 from orchard.config import Settings
-from orchard.layout import RunLayout
-from orchard.schedule import dag_schedule
+from orchard.spark import steps
+from orchard.storage.layout import RunLayout
+from orchard.tasks import pipeline
+from orchard.tasks.watch import dag_schedule
 
 settings = Settings.from_env()
 JOBS = settings.spark_jobs_dir
@@ -148,7 +150,7 @@ if settings.target == "emr":
     )
 
 
-# The Python tasks: each calls its body in orchard.pipeline with the run's context.
+# The Python tasks: each calls its body in orchard.tasks.pipeline with the run's context.
 
 
 @task(multiple_outputs=True)
@@ -191,69 +193,59 @@ def stage_artifacts() -> dict[str, Any]:
 
 @teardown(on_failure_fail_dagrun=True)
 def check_outcome() -> None:
-    """The run's verdict, last: it fails the run unless every other task of the run succeeded.
-
-    Airflow decides a run's state from its last tasks. A run a user marks failed ("Mark as failed")
-    while a teardown is still to run stays open until the teardowns have run, then takes the state
-    of its last tasks, which the cancel skipped: without this task such a run ended *success*
-    (tests/test_cancel_live.py).
-    """
+    """The run's verdict, last: it fails the run unless every other task of the run succeeded."""
     ti = get_current_context()["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
-    unfinished = pipeline.unfinished_tasks(states, ti.task_id)
-    if unfinished:
-        raise RuntimeError(
-            "the run did not complete: " + ", ".join(f"{t} {s}" for t, s in unfinished.items())
-        )
+    pipeline.check_outcome(states, ti.task_id)
 
 
-# The two targets' Spark steps.
+# The two targets: one chain each, in the order the tasks run.
 
 
-def local_spark_steps(upload: Any, convert: Any) -> None:
+def local_pipeline() -> None:
     """featurize → pca with spark-submit (Spark local mode), then the CSV and the report."""
     submit = {
         "conf": steps.local_spark_conf(settings),
         "driver_memory": settings.spark_driver_memory,
         "env_vars": steps.local_env(settings),
     }
+    upload = upload_images()
     featurize = SparkSubmitOperator(
         task_id="featurize",
         application=f"{JOBS}/featurize.py",
         name="orchard-featurize",
-        application_args=steps.featurize_args(),
+        application_args=steps.dag_featurize_args(),
         **submit,
     )
     pca = SparkSubmitOperator(
         task_id="pca",
         application=f"{JOBS}/pca.py",
         name="orchard-pca",
-        application_args=steps.pca_args(),
+        application_args=steps.dag_pca_args(),
         **submit,
     )
     # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
     upload >> [featurize, pca]
-    convert >> featurize >> pca >> export_csv(upload["run"], upload["sync"]) >> report(upload["run"])
+    chain(
+        upload,
+        convert_model(upload["run"]),
+        featurize,
+        pca,
+        export_csv(upload["run"], upload["sync"]),
+        report(upload["run"]),
+    )
 
 
-def emr_spark_steps(upload: Any, convert: Any) -> None:
+def emr_pipeline() -> None:
     """Preflight and staging, a cluster, the two steps each waited on, the CSV, and the teardowns."""
+    # SETUP: nothing is uploaded, staged or created before the preflight passes.
     preflight = check_aws()
     stage = stage_artifacts()
-    preflight >> [stage, upload]
+    upload = upload_images()
     create_cluster = EmrCreateJobFlowOperator(
         task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None
     )
-    convert >> create_cluster
-    add_featurize_step = EmrAddStepsOperator(
-        task_id="add_featurize_step",
-        job_flow_id=create_cluster.output,
-        steps=[
-            emr.spark_step(
-                "orchard-featurize", stage["featurize"], steps.featurize_args(), py_files=stage["py_files"]
-            )
-        ],
-    )
+    # BODY: each step added, then waited on (the wait sized to the number of images).
     waiting = {
         "job_flow_id": create_cluster.output,
         "images": upload["image_count"],
@@ -261,6 +253,18 @@ def emr_spark_steps(upload: Any, convert: Any) -> None:
         "deferrable": True,
         "poke_interval": settings.emr_poll_seconds,
     }
+    add_featurize_step = EmrAddStepsOperator(
+        task_id="add_featurize_step",
+        job_flow_id=create_cluster.output,
+        steps=[
+            emr.spark_step(
+                "orchard-featurize",
+                stage["featurize"],
+                steps.dag_featurize_args(),
+                py_files=stage["py_files"],
+            )
+        ],
+    )
     wait_featurize = emr.ImageStepSensor(
         task_id="wait_featurize",
         step_id=emr.first_step_id("add_featurize_step"),
@@ -273,7 +277,7 @@ def emr_spark_steps(upload: Any, convert: Any) -> None:
     add_pca_step = EmrAddStepsOperator(
         task_id="add_pca_step",
         job_flow_id=create_cluster.output,
-        steps=[emr.spark_step("orchard-pca", stage["pca"], steps.pca_args(), py_files=stage["py_files"])],
+        steps=[emr.spark_step("orchard-pca", stage["pca"], steps.dag_pca_args(), py_files=stage["py_files"])],
     )
     wait_pca = emr.ImageStepSensor(
         task_id="wait_pca",
@@ -283,18 +287,20 @@ def emr_spark_steps(upload: Any, convert: Any) -> None:
         **waiting,
     )
     export = export_csv(upload["run"], upload["sync"])
+    # TEARDOWN: the cluster ends whatever happened before it; the report follows it (what the
+    # cluster ran and cost; the cluster never waits for the report); the run's verdict comes last.
     terminate_cluster = EmrTerminateJobFlowOperator(
         task_id="terminate_cluster", job_flow_id=create_cluster.output
     ).as_teardown(setups=create_cluster)
+    reported = report(upload["run"], create_cluster.output)
+
+    chain(preflight, [stage, upload])
+    chain(upload, convert_model(upload["run"]), create_cluster)
     # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
     upload >> [add_featurize_step, add_pca_step]
-    add_featurize_step >> wait_featurize >> add_pca_step >> wait_pca >> export >> terminate_cluster
-    # The report says what the cluster ran and for how long: it follows the cluster's teardown (the
-    # cluster never waits for the report).
-    reported = report(upload["run"], create_cluster.output)
+    chain(add_featurize_step, wait_featurize, add_pca_step, wait_pca, export, terminate_cluster, reported)
     export >> reported
-    terminate_cluster >> reported
-    [terminate_cluster, reported] >> check_outcome()
+    chain([terminate_cluster, reported], check_outcome())
 
 
 with DAG(
@@ -317,9 +323,7 @@ with DAG(
     },
     user_defined_macros=steps.MACROS,
 ) as dag:
-    upload = upload_images()
-    convert = convert_model(upload["run"])
     if settings.target == "local":
-        local_spark_steps(upload, convert)
+        local_pipeline()
     else:
-        emr_spark_steps(upload, convert)
+        emr_pipeline()

@@ -16,7 +16,8 @@ from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from orchard.config import Settings
-from orchard.schedule import source_asset
+from orchard.tasks.watch import detect_new_images as detect_change
+from orchard.tasks.watch import source_asset
 
 settings = Settings.from_env()
 
@@ -34,16 +35,7 @@ if settings.schedule.lower() == "asset":
         @task(multiple_outputs=True, outlets=[source_asset(settings)])
         def detect_new_images() -> dict:
             """Succeed (and update the asset) only when the source folder changed."""
-            from pathlib import Path
-
-            from orchard.lake import airflow_lake
-            from orchard.layout import LakeLayout
-            from orchard.schedule import detect_change
-
-            lake = airflow_lake(settings)
-            changed = detect_change(
-                lake, LakeLayout(settings.lake).watch_state, Path(settings.default_source)
-            )
+            changed = detect_change(settings)
             if changed is None:
                 raise AirflowSkipException("source folder unchanged since the last look")
             return changed

@@ -34,6 +34,6 @@ class OrchardPlugin(AirflowPlugin):
     @functools.cached_property
     def fastapi_apps(self) -> list[Any]:  # type: ignore[override]
         """The report app, mounted by the api-server under /orchard."""
-        from orchard.report_app import create_app
+        from orchard.report.app import create_app
 
         return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Orchard report"}]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from orchard import artifacts
+from orchard.aws import staging as artifacts
 from tests.conftest import ROOT
 
 REGION = "eu-west-1"

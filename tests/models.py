@@ -51,8 +51,8 @@ def model_document(out: Path, weights: str) -> str:
 
     The ONNX models live in one folder for the whole test session, so each spec is converted once.
     """
-    from orchard.inference import prepare_model
-    from orchard.lake import Lake
+    from orchard.model_cache import prepare_model
+    from orchard.storage.lake import Lake
 
     doc = prepare_model(Lake.local(), f"file://{_MODELS}", weights, "fail")
     out.mkdir(parents=True, exist_ok=True)

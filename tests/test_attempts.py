@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchard.layout import local_path
 from orchard.samples import generate
+from orchard.storage.uris import local_path
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e

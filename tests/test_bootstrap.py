@@ -19,7 +19,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from orchard import artifacts
+from orchard.aws import staging as artifacts
 from tests.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.e2e

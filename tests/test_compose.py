@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from orchard.config import Settings
-from orchard.schedule import dag_schedule
+from orchard.tasks.watch import dag_schedule
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -142,7 +142,7 @@ def test_the_services_the_pipeline_needs_exist_with_healthchecks(compose):
         "condition": "service_completed_successfully"
     }
     assert services["s3-init"]["depends_on"] == {"s3": {"condition": "service_healthy"}}
-    assert services["s3-init"]["entrypoint"] == ["python", "-m", "orchard.s3", "create-bucket"]
+    assert services["s3-init"]["entrypoint"] == ["python", "-m", "orchard", "create-bucket"]
     mounts = {v.split(":")[1] for v in compose["x-airflow-common"]["volumes"]}
     assert {
         "/opt/airflow/dags",
@@ -232,12 +232,12 @@ def test_the_image_builds_the_local_spark_home_it_names(tmp_path):
     text = DOCKERFILE.read_text()
     home = re.search(r"^ENV ORCHARD_SPARK_HOME=(\S+)$", text, re.M).group(1)
     assert home.startswith("/home/airflow/")  # written at build time by the image's user
-    assert text.index("ENV ORCHARD_SPARK_HOME=") < text.index("RUN python -m orchard.spark_home")
-    assert text.index('fetch "org/apache/hadoop/hadoop-aws') < text.index("RUN python -m orchard.spark_home")
+    assert text.index("ENV ORCHARD_SPARK_HOME=") < text.index("RUN python -m orchard.spark.home")
+    assert text.index('fetch "org/apache/hadoop/hadoop-aws') < text.index("RUN python -m orchard.spark.home")
     # The command the image runs, here with the home in a temporary folder.
     built = tmp_path / "orchard-spark-home"
     done = subprocess.run(
-        [sys.executable, "-m", "orchard.spark_home"],
+        [sys.executable, "-m", "orchard.spark.home"],
         env={"PATH": "/usr/bin:/bin", "ORCHARD_SPARK_HOME": str(built)},
         capture_output=True,
         text=True,

@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchard.aws.emr import NODE_PYTHON
 from orchard.dev.ui import stop_process_groups
-from orchard.emr import NODE_PYTHON
 from orchard.samples import generate
 from tests import iam
 from tests.conftest import ROOT

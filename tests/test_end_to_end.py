@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from orchard.layout import local_path
 from orchard.samples import generate
+from orchard.storage.uris import local_path
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
 

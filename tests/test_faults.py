@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchard import steps
 from orchard.config import Settings
 from orchard.samples import generate
+from orchard.spark import steps
 from tests.conftest import ROOT
 from tests.models import model_document
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchard.layout import local_path
 from orchard.samples import generate
+from orchard.storage.uris import local_path
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
 

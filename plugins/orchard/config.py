@@ -24,6 +24,9 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from orchard.storage.layout import LakeLayout
+from orchard.storage.uris import normalise_uri
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Target = Literal["local", "emr"]
 TARGETS: tuple[str, ...] = get_args(Target)
@@ -42,10 +45,10 @@ class Settings(BaseSettings):
     spark_jobs_dir: str = Field(str(PROJECT_ROOT / "spark_jobs"), validation_alias="ORCHARD_SPARK_JOBS")
     pyspark_python: str = sys.executable
     spark_driver_memory: str = "2g"
-    # The local steps' JVM class archive (`python -m orchard.jvm_archive`, built by make demo and
+    # The local steps' JVM class archive (`python -m orchard.dev.jvm_archive`, built by make demo and
     # make bench), beside the pyspark whose jars it holds; used when present. Empty: never.
     spark_class_archive: str = str(Path(sys.prefix) / "orchard-spark-classes.jsa")
-    # The local steps' SPARK_HOME (`python -m orchard.spark_home`, built with the venv): pyspark's
+    # The local steps' SPARK_HOME (`python -m orchard.spark.home`, built with the venv): pyspark's
     # scripts and jars without its zipped Python; used when present. Empty: never.
     spark_home: str = str(Path(sys.prefix) / "orchard-spark-home")
     weights: str = "imagenet"
@@ -181,8 +184,6 @@ class Settings(BaseSettings):
     def _log_uri_under_the_lake(cls, value: str, info: ValidationInfo) -> str:
         if value or "lake" not in info.data:
             return value
-        from orchard.layout import LakeLayout
-
         return LakeLayout(info.data["lake"]).emr_logs
 
     @model_validator(mode="after")
@@ -222,15 +223,3 @@ class _MappingEnvSource(EnvSettingsSource):
         return parse_env_vars(
             self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
         )
-
-
-def normalise_uri(uri: str) -> str:
-    """A lake location as a URI without a trailing slash; bare paths become file:// URIs.
-
-    Taken literally, not percent-encoded: Hadoop paths and Spark's file listings use raw names.
-    """
-    if uri.startswith("file:"):
-        uri = "/" + uri[len("file:") :].lstrip("/")
-    if "://" not in uri:
-        return "file://" + str(Path(uri).expanduser().resolve())
-    return uri.rstrip("/")

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import pytest
 
 from orchard.dev.ui import SERVICES, free_port, wait_for
-from orchard.layout import local_path
 from orchard.samples import generate
+from orchard.storage.uris import local_path
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser

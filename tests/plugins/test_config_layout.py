@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from orchard import steps
-from orchard.config import PROJECT_ROOT, Settings, normalise_uri
-from orchard.layout import LakeLayout, RunLayout, local_path, slug
+from orchard.config import PROJECT_ROOT, Settings
+from orchard.spark import steps
+from orchard.storage.layout import LakeLayout, RunLayout, slug
+from orchard.storage.uris import local_path, normalise_uri
 
 
 def test_defaults_are_the_embedded_local_setup():
@@ -121,8 +122,8 @@ def render(args: list[str], run: RunLayout, params: dict) -> list[str]:
 def test_step_arguments_name_every_output():
     run = LakeLayout("file:///lake").run("sample", "r1", attempt=3)
     params = {"partitions": None, "limit": 5, "pca_k": None, "pca_variance": 0.9}
-    featurize = render(steps.featurize_args(), run, params)
-    pca = render(steps.pca_args(), run, params)
+    featurize = render(steps.dag_featurize_args(), run, params)
+    pca = render(steps.dag_pca_args(), run, params)
     flags = dict(zip(featurize[::2], featurize[1::2], strict=True))
     assert flags["--images"] == "file:///lake/images/sample"
     assert flags["--features"] == run.features
@@ -178,7 +179,7 @@ def test_emr_reads_the_lake_through_emrfs_and_a_local_lake_needs_no_s3a():
 def test_the_steps_spark_sql_settings_are_ones_spark_knows(spark):
     # Spark ignores an unknown spark.sql.* key without a word; a registered runtime SQL setting is
     # modifiable. Both targets list the images without block locations (neither has any).
-    from orchard import emr
+    from orchard.aws import emr
     from orchard_jobs import pca
 
     conf = steps.local_spark_conf(Settings.from_env({})) | emr.step_conf()

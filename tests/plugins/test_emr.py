@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from orchard import emr
+from orchard.aws import emr
 from orchard.config import Settings
 from tests.conftest import ROOT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchard.forget import clean_paths, collect_paths
+from orchard.erasure import clean_paths, collect_paths
 
 
 def test_paths_come_from_the_request_and_a_file_of_lines_or_json(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchard import inference
-from orchard.lake import Lake
+from orchard import model_cache as inference
+from orchard.storage.lake import Lake
 from orchard_jobs import engine
 from orchard_jobs.images import decode_image
 from orchard_jobs.model import Featurizer, build_model, random_weights

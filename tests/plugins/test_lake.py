@@ -8,14 +8,17 @@ but a botocore ClientError on S3, and `exists` matched a prefix on S3 (`runs/r1`
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
-from orchard.lake import Lake, s3_access
+from orchard.clients import s3_access
+from orchard.storage.lake import LAKE_FORMAT, Lake
 
 REGION = "eu-west-1"
 BUCKET = "orchard-lake"
@@ -143,8 +146,8 @@ def test_every_s3_write_is_encrypted(lake):
     store.write_bytes(f"{root}/parts/part-00000.csv", b"x,1\n")
     store.merge_csv(["path", "pc_1"], f"{root}/parts", f"{root}/c.csv")
     for key in ("lake/a.bin", "lake/b.json", "lake/c.csv"):
-        assert store.client.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
-    assert store.client.head_object(Bucket=BUCKET, Key="lake/b.json")["ContentType"] == "application/json"
+        assert store._s3.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+    assert store._s3.head_object(Bucket=BUCKET, Key="lake/b.json")["ContentType"] == "application/json"
 
 
 def test_the_source_is_mirrored_on_every_backend(lake, tmp_path):
@@ -172,3 +175,45 @@ def test_a_lake_refuses_uris_of_the_other_backend(lake, tmp_path):
     other = f"file://{tmp_path}/x.json" if store.on_s3 else f"s3://{BUCKET}/x.json"
     with pytest.raises(ValueError, match="this lake"):
         store.read_bytes(other)
+
+
+def test_one_unchanged_rule_same_size_and_content_on_every_backend(lake, tmp_path):
+    """New bytes of the same size and time are copied again; a touched file with the same bytes is not."""
+    store, root = lake
+    source = tmp_path / "source"
+    (source / "Kiwi").mkdir(parents=True)
+    image = source / "Kiwi" / "a.jpg"
+    image.write_bytes(b"apple")
+    images = f"{root}/images/source"
+    assert store.mirror(str(source), images)[1].uploaded == 1
+    before = image.stat()
+    image.write_bytes(b"APPLE")
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = store.mirror(str(source), images)[1]
+    assert (again.uploaded, store.read_bytes(f"{images}/Kiwi/a.jpg")) == (1, b"APPLE")
+    os.utime(image, (1_900_000_000, 1_900_000_000))
+    assert (store.mirror(str(source), images)[1].skipped, again.inputs[0].sha256) == (
+        1, hashlib.sha256(b"APPLE").hexdigest()
+    )  # fmt: skip
+
+
+def test_the_csv_merge_reports_the_same_statistics_on_every_backend(lake):
+    store, root = lake
+    store.write_bytes(f"{root}/parts/part-00000.csv", b"a,1\n")
+    store.write_bytes(f"{root}/parts/part-00001.csv", b"b,2\n")
+    stats = store.merge_csv(["path", "pc_1"], f"{root}/parts", f"{root}/c.csv")
+    assert (stats["part_files"], stats["bytes"]) == (2, len(b"path,pc_1\na,1\nb,2\n"))
+    assert set(stats) == {"part_files", "bytes", "upload_parts", "bytes_copied_in_s3", "bytes_sent"}
+
+
+def test_the_lake_records_its_layout_version_and_refuses_another(lake):
+    store, root = lake
+    store.write_json(f"{root}/latest.json", {"run_id": "r1"})  # a lake of today's layout, no version yet
+    assert store.check_format(root) == LAKE_FORMAT == store.read_json(f"{root}/lake.json")["format"]
+    assert store.check_format(root) == LAKE_FORMAT  # read back, not rewritten
+    store.write_json(f"{root}/lake.json", {"format": LAKE_FORMAT + 1})
+    with pytest.raises(ValueError, match=r"layout version 2, written by a newer Orchard.*new ORCHARD_LAKE"):
+        store.check_format(root)
+    store.write_json(f"{root}/lake.json", {"kind": "something else"})
+    with pytest.raises(ValueError, match="is not a lake format record"):
+        store.check_format(root)

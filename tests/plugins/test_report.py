@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from orchard.report import build_report, scree_png
+from orchard.report.render import build_report, scree_png
 
 MANIFEST = {
     "run_id": "manual__2026-11-21T10:00:00+00:00",
@@ -87,7 +87,7 @@ def test_report_of_a_run_with_one_component_and_no_quarantine():
 def test_scatter_markers_shrink_as_points_multiply(monkeypatch):
     from matplotlib.axes import Axes
 
-    from orchard.report import scatter_png
+    from orchard.report.render import scatter_png
 
     sizes = []
     real = Axes.scatter
@@ -200,7 +200,7 @@ def test_cluster_section_without_a_price_says_which_setting_to_set():
 
 
 def test_the_k_label_stays_clear_of_the_cumulated_line():
-    from orchard.report import scree_figure
+    from orchard.report.render import scree_figure
 
     # k lands where the cumulated line is high and the label was drawn over it.
     for ratios, k in (([0.5, 0.3, 0.1, 0.05, 0.05], 3), (list(np.full(40, 1 / 40)), 30), ([0.97, 0.03], 1)):

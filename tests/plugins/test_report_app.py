@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchard import report_app
-from orchard.layout import LakeLayout
+from orchard.report import app as report_app
+from orchard.storage.layout import LakeLayout
 from tests.plugins.test_report import MANIFEST, tables
 
 DAG = "fruits_pipeline"
@@ -37,7 +37,7 @@ def api(airflow_db, tmp_path_factory) -> Iterator[dict]:
     from fastapi.testclient import TestClient
     from sqlalchemy import delete
 
-    from orchard.report import build_report
+    from orchard.report.render import build_report
 
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(64))
     lake = tmp_path_factory.mktemp("lake")

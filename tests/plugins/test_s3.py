@@ -10,10 +10,11 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from orchard import s3
-from orchard.lake import s3_access
-from orchard.s3 import HEADER, plan_merge, sync_to_s3
-from orchard.s3 import assemble_csv as merge_csv
+from orchard import cli
+from orchard.clients import s3_access
+from orchard.storage import s3
+from orchard.storage.s3 import HEADER, plan_merge, sync_to_s3
+from orchard.storage.s3 import assemble_csv as merge_csv
 from tests.s3_store import empty_bucket
 
 BUCKET = "orchard-lake"
@@ -159,7 +160,13 @@ def test_merge_copies_large_parts_server_side(client):
 def test_small_merge_is_one_part(client):
     client.put_object(Bucket=BUCKET, Key="p/part-00000.csv", Body=b"x,1\n")
     stats = merge_csv(client, ["path", "pc_1"], f"s3://{BUCKET}/p", f"s3://{BUCKET}/o.csv", SSE_S3)
-    assert stats == {"parts": 1, "bytes_copied_in_s3": 0, "bytes_sent": 14}
+    assert stats == {
+        "part_files": 1,
+        "bytes": 14,
+        "upload_parts": 1,
+        "bytes_copied_in_s3": 0,
+        "bytes_sent": 14,
+    }
     assert client.get_object(Bucket=BUCKET, Key="o.csv")["Body"].read() == b"path,pc_1\nx,1\n"
 
 
@@ -232,14 +239,16 @@ def test_without_the_retry_configuration_the_same_fault_fails(monkeypatch):
 
 
 def test_airflow_and_cli_clients_carry_the_retry_configuration(monkeypatch):
+    from orchard.clients import RETRIES
     from orchard.config import Settings
-    from orchard.lake import RETRIES, airflow_lake, lake_for
+    from orchard.storage.lake import airflow_lake, lake_for
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     settings = Settings.from_env({"ORCHARD_LAKE": "s3://lake/x"})
     with mock_aws():
         for lake in (airflow_lake(settings), lake_for(settings)):
-            assert lake.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
+            assert lake._s3 is not None
+            assert lake._s3.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
             assert lake.fs.config_kwargs == RETRIES  # s3fs: the same retries on its botocore config
             assert lake.fs.s3_additional_kwargs == SSE_S3  # and every write encrypted
 
@@ -348,19 +357,18 @@ def test_the_csv_is_assembled_with_upload_part_copy(store_client):
     )
     got = store_client.get_object(Bucket=BUCKET, Key="r/o.csv")
     assert got["Body"].read() == b"path,pc_1\n" + big + big + b"z,9\n"
-    assert got["ETag"].strip('"').endswith(f"-{stats['parts']}")
-    assert stats["parts"] >= 2 and stats["bytes_copied_in_s3"] > 0  # UploadPartCopy did part of it
+    assert got["ETag"].strip('"').endswith(f"-{stats['upload_parts']}")
+    assert stats["upload_parts"] >= 2 and stats["bytes_copied_in_s3"] > 0  # UploadPartCopy did part of it
 
 
 def test_create_bucket_command_against_the_store(seaweedfs_store, monkeypatch, capsys):
-    """`python -m orchard.s3 create-bucket`, the stack's one-shot, twice: created, then already there."""
+    """`python -m orchard create-bucket`, the stack's one-shot, twice: created, then already there."""
     monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # it keeps the first credentials it resolved
     monkeypatch.setenv("ORCHARD_LAKE", "s3://stack-bucket/lake")
     monkeypatch.setenv("ORCHARD_S3_ENDPOINT", seaweedfs_store.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs_store.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs_store.secret_key)
-    s3.main(["create-bucket"])
-    s3.main(["create-bucket"])
+    assert cli.main(["create-bucket"]) == cli.main(["create-bucket"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("bucket 'stack-bucket' created")
     assert out[1].startswith("bucket 'stack-bucket' already there")

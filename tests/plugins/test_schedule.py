@@ -7,8 +7,8 @@ import os
 import pytest
 
 from orchard.config import Settings
-from orchard.lake import Lake
-from orchard.schedule import ASSET_NAME, dag_schedule, detect_change, source_fingerprint
+from orchard.storage.lake import Lake
+from orchard.tasks.watch import ASSET_NAME, dag_schedule, detect_change, source_fingerprint
 
 
 @pytest.fixture

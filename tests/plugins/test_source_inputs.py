@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from orchard import s3, storage
-from orchard.storage import Input, listing_parquet, sync_folder, walk_source
+from orchard.storage import files as storage
+from orchard.storage import s3
+from orchard.storage.files import walk_source
+from orchard.storage.sync import Input, listing_parquet, sync_folder
 from tests.imagefactory import jpeg
 from tests.sources import EXPECTED, odd_source
 
@@ -68,7 +70,7 @@ def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypat
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(storage, "file_sha256", sha)
+    monkeypatch.setattr("orchard.storage.sync.file_sha256", sha)
     report = sync_folder(src, tmp_path / "lake")
     assert report.quarantined == {"Kiwi/locked.jpg": "cannot be read: permission denied"}
     assert (report.uploaded, report.failed) == (1, {})
@@ -197,3 +199,13 @@ def test_an_empty_or_missing_s3_source_fails_clearly(client):
         s3.check_s3_source(client, "s3://phone-uploads/nothing-here")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         s3.check_s3_source(client, "s3://no-such-bucket/app")
+
+
+def test_an_unchanged_s3_object_keeps_the_sha256_s3_computed_for_its_copy(client):
+    """A skipped object is listed with the SHA-256 of its copy, as a copied one is (it was listed as None)."""
+    put(client, "app/Apple/a.jpg", b"apple")
+    dest = f"s3://{BUCKET}/images/app"
+    first = s3.sync_s3_to_s3("s3://phone-uploads/app", dest, client, SSE_S3)
+    again = s3.sync_s3_to_s3("s3://phone-uploads/app", dest, client, SSE_S3)
+    assert (first.uploaded, again.skipped) == (1, 1)
+    assert first.inputs == again.inputs == [Input("Apple/a.jpg", 5, hashlib.sha256(b"apple").hexdigest())]

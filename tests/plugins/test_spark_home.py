@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchard import spark_home, steps
 from orchard.config import Settings
+from orchard.spark import home as spark_home
+from orchard.spark import steps
 
 # A step's driver and one of its Python workers say where their pyspark came from.
 WHERE_FROM = """

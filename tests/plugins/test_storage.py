@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchard.storage import check_source, is_hidden, list_source, sync_folder
+from orchard.storage.files import check_source, is_hidden, list_source
+from orchard.storage.sync import sync_folder
 
 
 @pytest.fixture
@@ -65,14 +66,18 @@ def test_second_sync_skips_unchanged_and_recopies_changed(source, tmp_path):
     assert (dest / "Kiwi" / "k.png").read_bytes() == b"changed, and longer"
 
 
-def test_same_size_new_mtime_is_recopied(source, tmp_path):
+def test_same_size_new_content_is_recopied_and_a_touched_file_is_not(source, tmp_path):
     dest = tmp_path / "lake"
     sync_folder(source, dest)
     target = source / "top.jpg"
+    before = target.stat()
+    assert len(target.read_bytes()) == 5 and target.read_bytes() != b"T" * 5
     target.write_bytes(b"T" * 5)
-    os.utime(target, (1_900_000_000, 1_900_000_000))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same time: new bytes
     assert sync_folder(source, dest).uploaded == 1
     assert (dest / "top.jpg").read_bytes() == b"T" * 5
+    os.utime(target, (1_900_000_000, 1_900_000_000))  # touched: the same bytes
+    assert (sync_folder(source, dest).uploaded, sync_folder(source, dest).skipped) == (0, 4)
 
 
 def test_limit_takes_the_first_files(source, tmp_path):

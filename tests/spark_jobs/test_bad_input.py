@@ -98,7 +98,7 @@ def test_labels_come_from_folders_and_root_files_are_labelled_explicitly(outcome
 
 def test_the_upload_listing_is_read_exactly_whatever_else_the_lake_holds(spark, tmp_path):
     """Upload (listing) then featurize: every listed entry of an odd folder ends in one output."""
-    from orchard.storage import listing_parquet, sync_folder
+    from orchard.storage.sync import listing_parquet, sync_folder
     from tests.sources import EXPECTED, odd_source
 
     images, out = tmp_path / "lake" / "images", tmp_path / "run"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA as SkPCA
 
-from orchard.lake import Lake
+from orchard.storage.lake import Lake
 from orchard_jobs import pca as pca_ops
 
 pytestmark = pytest.mark.spark

@@ -3,9 +3,9 @@ runs before its Spark steps) on the S3 lake of the container's settings. Prints 
 
 import json
 
-from orchard import pipeline
 from orchard.config import Settings
-from orchard.layout import RunLayout
+from orchard.storage.layout import RunLayout
+from orchard.tasks import pipeline
 
 settings = Settings.from_env()
 assert settings.lake_on_s3, settings.lake

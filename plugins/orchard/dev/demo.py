@@ -1,6 +1,6 @@
 """`make demo`: run fruits_pipeline once with `airflow dags test` and print the CSV's path last.
 
-python -m orchard.demo [--source FOLDER] [--conf JSON]
+python -m orchard.dev.demo [--source FOLDER] [--conf JSON]
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from orchard.config import Settings
-from orchard.layout import LakeLayout, local_path
+from orchard.storage.layout import LakeLayout
+from orchard.storage.uris import local_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
-from orchard import steps
+from orchard import clients
 from orchard.config import Settings
-from orchard.lake import s3_access
-from orchard.layout import slug
+from orchard.spark import steps
+from orchard.storage.layout import slug
+from orchard.storage.uris import split_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from types_boto3_emr import EMRClient
+    from types_boto3_s3 import S3Client
 
 NODE_PYTHON = "/usr/bin/python3.11"
 
@@ -115,14 +118,12 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
     return props
 
 
-# Executor sizing, from what bench/ measured (BENCHMARKS.md). One Python worker per task slot with
-# ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
-# oversubscribed. A worker holds an ONNX Runtime session and one image's activations (one image per
-# engine call): it peaked at 0.41 GiB with calls of 16 and ~0.21 GiB with calls of one (R8);
-# WORKER_PEAK_GIB keeps the former as the bound (the TensorFlow workers before peaked at ~2 GiB).
-# The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB for the JVM's
-# own off-heap use (Netty, Arrow buffers, thread stacks). The container must fit YARN's memory on
-# the default m5.xlarge, 12,288 MB (EMR Release Guide, "Task configuration",
+# Executor sizing (figures: docs/performance.md, "EMR executors"). One Python worker per task slot
+# with ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
+# oversubscribed. WORKER_PEAK_GIB bounds a worker (an ONNX Runtime session and one image's
+# activations). The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB
+# for the JVM's own off-heap use (Netty, Arrow buffers, thread stacks). The container must fit YARN's
+# memory on the default m5.xlarge, 12,288 MB (EMR Release Guide, "Task configuration",
 # /emr/latest/ReleaseGuide/emr-hadoop-task-config.html), beside the client-mode application master
 # (spark.yarn.am.memory 512m + 384m overhead): tests/plugins/test_emr.py checks the sum.
 EXECUTOR_SLOTS = 4  # an m5.xlarge: 4 vCPU
@@ -135,7 +136,7 @@ EXECUTOR_SIZING = {
     "spark.task.cpus": "1",  # featurize.py gives the engine spark.task.cpus threads per worker
     "spark.executor.memory": f"{EXECUTOR_HEAP_GIB}g",
     "spark.executor.memoryOverhead": f"{EXECUTOR_OVERHEAD_GIB}g",
-    "spark.python.worker.reuse": "true",  # a worker keeps its session across tasks (R2 = 1)
+    "spark.python.worker.reuse": "true",  # a worker keeps its ONNX Runtime session across tasks
 }
 
 
@@ -182,14 +183,14 @@ def stderr_uri(log_uri: str, cluster_id: str, step_id: str) -> str:
     return f"{log_uri.rstrip('/')}/{cluster_id}/steps/{step_id}/stderr.gz"
 
 
-def stderr_tail(s3_client: Any, log_uri: str, cluster_id: str, step_id: str, lines: int = 40,
+def stderr_tail(s3_client: S3Client, log_uri: str, cluster_id: str, step_id: str, lines: int = 40,
                 attempts: int = 10, delay: float = 15.0) -> str | None:  # fmt: skip
     """The last lines of a step's stderr from the cluster's log URI, waiting while EMR uploads it.
 
     None when it is not there yet: EMR uploads step logs to S3 about every five minutes ("Configure
     Amazon EMR cluster logging and debugging", /emr/latest/ManagementGuide/emr-plan-debugging.html).
     """
-    bucket, _, key = stderr_uri(log_uri, cluster_id, step_id).removeprefix("s3://").partition("/")
+    bucket, key = split_uri(stderr_uri(log_uri, cluster_id, step_id))
     for attempt in range(attempts):
         try:
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -261,7 +262,7 @@ class ImageStepSensor(EmrStepSensor):
     def log_failure(self) -> None:
         """Log the step's state, failure details and stderr tail (best effort: never masks the error)."""
         try:
-            emr: Any = self.hook.conn  # a boto3 EMR client
+            emr: EMRClient = self.hook.conn
             step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
             status = step["Status"]
             details = status.get("FailureDetails", {})
@@ -270,7 +271,7 @@ class ImageStepSensor(EmrStepSensor):
                 self.step_id, step.get("Name"), status.get("State"), details.get("Reason", ""),
                 details.get("Message", ""), details.get("LogFile", "-"),
             )  # fmt: skip
-            s3, _ = s3_access(self.region_name, {}, conn_id=self.aws_conn_id)
+            s3, _ = clients.s3_access(self.region_name, {}, conn_id=self.aws_conn_id)
             tail = stderr_tail(
                 s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts,
                 delay=self.log_wait_delay,
@@ -286,7 +287,7 @@ class ImageStepSensor(EmrStepSensor):
 
 
 def cluster_cost(
-    emr_client: Any,
+    emr_client: EMRClient,
     cluster_id: str,
     price_per_hour: float | None = None,
     prices: Mapping[str, float] | None = None,
@@ -348,7 +349,7 @@ def cluster_cost(
     return result
 
 
-def _instances(emr_client: Any, cluster_id: str, collection: str | None) -> list[dict[str, Any]]:
+def _instances(emr_client: EMRClient, cluster_id: str, collection: str | None) -> list[dict[str, Any]]:
     """Role, type, count and market of each instance group (fleets: their types, counts unknown)."""
     if collection == "INSTANCE_FLEET":
         fleets = emr_client.list_instance_fleets(ClusterId=cluster_id)["InstanceFleets"]

@@ -1,15 +1,14 @@
 """A Spark home for the local steps: the installed pyspark's scripts and jars, not its zipped Python.
 
-    python -m orchard.spark_home      (make's venv target runs it)
+    python -m orchard.spark.home      (make's venv target runs it)
 
 spark-submit puts `$SPARK_HOME/python/lib/pyspark.zip` (and py4j's zip) first on the path of every
 Python process it starts: a step's driver, the worker daemon and so the workers. pip's pyspark is
 its own SPARK_HOME and ships that zip with sources only, so each of those processes compiled
-pyspark again from the zip: `from pyspark import daemon` took 0.53-0.57 s from the zip and
-0.08-0.11 s from site-packages inside a step, on this kind of machine (bench/, BENCHMARKS.md).
+pyspark again from the zip (~0.5 s per process; docs/performance.md, "Local Spark home").
 With SPARK_HOME at this folder (`bin` and `jars` linked from the installed pyspark, no `python`),
 those path entries name nothing and Python imports the installed pyspark, with its bytecode.
-`orchard.steps.local_env` sets it for the local steps when the folder exists and the environment
+`orchard.spark.steps.local_env` sets it for the local steps when the folder exists and the environment
 has no SPARK_HOME of its own; EMR's Spark is untouched.
 """
 

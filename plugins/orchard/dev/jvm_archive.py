@@ -1,11 +1,11 @@
 """A class archive (CDS) for the driver JVM of the local Spark steps.
 
-    python -m orchard.jvm_archive [--force]      (make demo and make bench run it)
+    python -m orchard.dev.jvm_archive [--force]      (make demo and make bench run it)
 
 Every local step is a new JVM that loads Spark's classes anew: ~3 s of a step's session start on
 this kind of machine. A dynamic class-data-sharing archive, dumped at the exit of one real run of
 both steps, lets later JVMs map those classes instead (`-XX:SharedArchiveFile`,
-`orchard.steps.local_java_options`). The archive holds the classes of this pyspark's jars and this
+`orchard.spark.steps.local_java_options`). The archive holds the classes of this pyspark's jars and this
 JDK; a JVM that finds it does not match (another JDK, other jars) warns and runs without it.
 JDK documentation: https://docs.oracle.com/en/java/javase/17/vm/class-data-sharing.html
 """
@@ -20,10 +20,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from orchard.config import Settings
+from orchard.config import Settings
+from orchard.model_cache import prepare_model
+from orchard.samples import generate
+from orchard.spark import steps
+from orchard.storage.lake import Lake
+from orchard.storage.layout import LakeLayout, RunLayout
+from orchard.storage.sync import listing_parquet, sync_folder
+from orchard.storage.uris import local_path, on_s3
 
 # Run by spark-submit (see build): both steps, one after the other, in one application.
 STEPS = "--steps"
@@ -31,21 +36,19 @@ STEPS = "--steps"
 
 def build(settings: Settings, archive: Path) -> float:
     """Run both steps once on generated images, dumping the classes they load to `archive`."""
-    from orchard import steps
-    from orchard.inference import prepare_model
-    from orchard.lake import Lake, on_s3
-    from orchard.layout import LakeLayout
-    from orchard.samples import generate
-
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="orchard-jvm-archive-") as tmp:
         work = Path(tmp)
-        generate(work / "images", per_class=2)
+        run = _run(work)
+        generate(work / "source", per_class=2)
+        report = sync_folder(work / "source", local_path(run.images))  # as the upload task does
+        local_path(run.inputs_file).parent.mkdir(parents=True)
+        local_path(run.inputs_file).write_bytes(listing_parquet(report.inputs))
         # In a local lake's model folder: the demo's offline fallback (random:42) is then converted.
         local = not on_s3(settings.lake)
         models = LakeLayout(settings.lake).models if local else f"file://{work}/models"
         model = prepare_model(Lake.local(), models, "random:42", "fail")
-        (work / "model.json").write_text(json.dumps(model), encoding="utf-8")
+        local_path(run.inference_model).write_text(json.dumps(model), encoding="utf-8")
         # Dumped beside the archive and renamed: a JVM never maps a half-written file.
         archive.parent.mkdir(parents=True, exist_ok=True)
         partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
@@ -68,31 +71,26 @@ def build(settings: Settings, archive: Path) -> float:
     return time.monotonic() - started
 
 
+def _run(work: Path) -> RunLayout:
+    """The attempt the archive's steps run as, in `work`."""
+    return LakeLayout(f"file://{work}/lake").run("images", "class-archive")
+
+
 def run_steps(work: Path) -> None:
     """Both steps on `work`'s images in one Spark application (the archive's class list)."""
-    import featurize
+    import featurize  # in spark-submit only: spark_jobs is on its PYTHONPATH
     import pca
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.appName("orchard-jvm-archive").getOrCreate()
-    uri, out = f"file://{work}", f"file://{work}/out"
-    featurize_args = [
-        "--images", f"{uri}/images", "--features", f"{out}/features", "--quarantine", f"{out}/quarantine",
-        "--summary", f"{out}/featurize.json", "--model", f"{uri}/model.json",
-    ]  # fmt: skip
-    featurize.run(spark, featurize.parse_args(featurize_args))
-    pca_args = [
-        "--features", f"{out}/features", "--pca", f"{out}/pca", "--model", f"{out}/pca-model",
-        "--summary", f"{out}/pca.json", "--csv-parts", f"{out}/csv", "--k", "2",
-    ]  # fmt: skip
-    pca.run(spark, pca.parse_args(pca_args))
+    paths = steps.StepPaths.of(_run(work))
+    featurize.run(spark, featurize.parse_args(steps.featurize_args(paths)))
+    pca.run(spark, pca.parse_args(steps.pca_args(paths, k=2)))
     spark.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchard.config import Settings
-
-    parser = argparse.ArgumentParser(prog="orchard.jvm_archive", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="orchard.dev.jvm_archive", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="build it even when it exists")
     args = parser.parse_args(argv)
     settings = Settings.from_env()

@@ -1,9 +1,10 @@
 """The lake: one interface, one behaviour, on a local folder, an S3-compatible store and S3.
 
 Reads, listings and small writes go through fsspec (LocalFileSystem, or s3fs for s3:// and s3a://
-URIs); the two operations that need S3's own API stay Orchard's and run on the lake's boto3 client:
-the image sync (content hashes, a per-file report) and the CSV merge (multipart copy inside S3).
-Both clients come from `s3_access`, from one set of credentials, with the same retries.
+URIs); what needs S3's own API runs on the lake's boto3 client (orchard.storage.s3): the image
+sync (content hashes, a per-file report), the CSV merge (multipart copy inside S3) and the staged
+uploads. Both clients come from orchard.clients, from one set of credentials, with the same retries.
+Nothing outside this class touches the boto3 client.
 
 On every backend: a missing file raises FileNotFoundError, `exists` is exact (`runs/r1` does not
 exist because `runs/r10` does), a write replaces the whole file at once (a temporary file renamed
@@ -21,43 +22,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchard.layout import local_path
-from orchard.storage import SyncReport, check_source, replaced_atomically, sync_folder
+from orchard import clients
+from orchard.config import Settings
+from orchard.storage import s3
+from orchard.storage.files import check_source, is_hidden, replaced_atomically
+from orchard.storage.layout import LakeLayout
+from orchard.storage.sync import SyncReport, sync_folder
+from orchard.storage.uris import local_path, on_s3, source_location, split_uri
 
 if TYPE_CHECKING:
     import pandas as pd
     from fsspec import AbstractFileSystem
-
-    from orchard.config import Settings
+    from types_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
-# Transient S3 errors (500, 503 SlowDown, throttling, connection resets) are retried by botocore
-# with exponential backoff and jitter, up to 10 attempts per request: the boto3 client and s3fs alike.
-RETRIES: dict[str, Any] = {"retries": {"mode": "standard", "total_max_attempts": 10}}
-S3_SCHEMES = ("s3://", "s3a://")
-
-
-def on_s3(uri: str) -> bool:
-    """Whether `uri` names an S3 (or S3-compatible) location rather than a local file."""
-    return uri.startswith(S3_SCHEMES)
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key or prefix without trailing slash) of an s3:// or s3a:// URI."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in {"s3", "s3a"}:
-        raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = rest.partition("/")
-    return bucket, key.rstrip("/")
+# The version of the lake's layout (orchard.storage.layout), recorded in LakeLayout.format_file.
+# A lake written before the version was recorded has today's layout: version 1.
+LAKE_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class Lake:
-    """The lake's files by URI (file://, s3://, s3a://), on `fs`; `client` is boto3's, on S3 only."""
+    """The lake's files by URI (file://, s3://, s3a://), on `fs`; on S3 also boto3's client, for the
+    operations that need S3's own API (`_s3`), which nothing outside this class reaches."""
 
     fs: AbstractFileSystem
-    client: Any = None
+    _s3: S3Client | None = None
     encryption: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -70,7 +61,7 @@ class Lake:
     @property
     def on_s3(self) -> bool:
         """Whether this lake is on S3 (or an S3-compatible store)."""
-        return self.client is not None
+        return self._s3 is not None
 
     def _path(self, uri: str) -> str:
         """`uri` as `fs` names it: a local path, or bucket/key."""
@@ -133,31 +124,68 @@ class Lake:
         """A Parquet folder (Spark's output; its `_SUCCESS` and `.crc` files skipped) as pandas."""
         import pandas as pd
 
-        parts = [u for u in self.list_files(uri) if u.endswith(".parquet") and not _hidden(u)]
+        folder = uri.rstrip("/")
+        parts = [
+            u for u in self.list_files(uri) if u.endswith(".parquet") and not is_hidden(u[len(folder) + 1 :])
+        ]
         if not parts:
             raise FileNotFoundError(f"no Parquet files under {uri}")
         return pd.concat(
             [pd.read_parquet(io.BytesIO(self.read_bytes(part))) for part in parts], ignore_index=True
         )
 
-    def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, Any]:
+    def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, int]:
         """One CSV at `dest_uri`: the header row, then the `part-*` files below `parts_uri` in name order.
 
-        On S3 the large parts are copied inside S3 (multipart upload); the returned statistics say
-        how many bytes were copied there and sent from here. Locally the parts are streamed into a
-        temporary file that is renamed at the end: readers never see half a CSV.
+        On S3 the large parts are copied inside S3 (multipart upload); locally the parts are streamed
+        into a temporary file renamed at the end: readers never see half a CSV. Returns the same
+        statistics on both (s3.merge_stats): part files, bytes, and on S3 how the bytes travelled.
         """
-        if self.on_s3:
-            from orchard.s3 import assemble_csv
-
-            return assemble_csv(self.client, header, parts_uri, dest_uri, self.encryption)
+        if self._s3 is not None:
+            return s3.assemble_csv(self._s3, header, parts_uri, dest_uri, self.encryption)
         parts = [u for u in self.list_files(parts_uri) if u.rsplit("/", 1)[-1].startswith("part-")]
         with replaced_atomically(Path(self._path(dest_uri))) as out:
             out.write((",".join(header) + "\n").encode("utf-8"))
             for part in parts:
                 with self.fs.open(self._path(part), "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
-        return {}
+            size = out.tell()
+        return s3.merge_stats(len(parts), size)
+
+    def upload_files(self, files: Mapping[str, Path], dest_uri: str) -> dict[str, str]:
+        """Local files by name under a content-hashed prefix, each sent once; name -> URI."""
+        if self._s3 is not None:
+            return s3.upload_files(self._s3, files, dest_uri, self.encryption)
+        uris = {}
+        for name, path in files.items():
+            uri = f"{dest_uri}/{name}"
+            if not self.exists(uri):
+                with replaced_atomically(Path(self._path(uri))) as out, path.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            uris[name] = uri
+        return uris
+
+    def check_format(self, lake_uri: str) -> int:
+        """The lake's layout version, recorded when absent; a clear error for a lake this code cannot read.
+
+        A lake written before versions were recorded has version 1 (today's layout). A newer
+        version means a newer Orchard wrote it: refused rather than guessed at.
+        """
+        uri = LakeLayout(lake_uri).format_file
+        try:
+            found = int(self.read_json(uri)["format"])
+        except FileNotFoundError:
+            self.write_json(uri, {"format": LAKE_FORMAT})
+            return LAKE_FORMAT
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{uri} is not a lake format record ({exc!r}): restore it or remove it") from exc
+        if found != LAKE_FORMAT:
+            newer = "a newer" if found > LAKE_FORMAT else "an older"
+            raise ValueError(
+                f"the lake {lake_uri} has layout version {found}, written by {newer} Orchard; this one "
+                f"reads version {LAKE_FORMAT}: use the matching Orchard, or a new ORCHARD_LAKE"
+            )
+        return found
 
     def mirror(self, source: str, images_uri: str, limit: int | None = None) -> tuple[str, SyncReport]:
         """Mirror `source` (a folder, or an s3:// prefix on an S3 lake) below `images_uri`.
@@ -167,91 +195,39 @@ class Lake:
         lake holds the same bytes; files gone from the source are deleted from `images_uri`. A
         source on S3 is copied inside S3: its bytes never pass through this process.
         """
-        from orchard import s3
-
         if on_s3(source):
-            if not self.on_s3:
+            if self._s3 is None:
                 raise ValueError(f"source {source!r} is on S3; it needs a lake on S3 (ORCHARD_LAKE=s3://...)")
             uri = source_location(source)
             try:  # before anything is copied or any cluster is created
-                s3.check_s3_source(self.client, uri)
+                s3.check_s3_source(self._s3, uri)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"source: {exc}") from exc
-            return uri, s3.sync_s3_to_s3(uri, images_uri, self.client, self.encryption, limit)
+            return uri, s3.sync_s3_to_s3(uri, images_uri, self._s3, self.encryption, limit)
         folder = Path(source_location(source))
         try:  # before anything is uploaded or any cluster is created
             check_source(folder)
         except (OSError, ValueError) as exc:
             raise ValueError(f"source: {exc}") from exc
-        if self.on_s3:
-            return str(folder), s3.sync_to_s3(folder, images_uri, self.client, self.encryption, limit)
+        if self._s3 is not None:
+            return str(folder), s3.sync_to_s3(folder, images_uri, self._s3, self.encryption, limit)
         return str(folder), sync_folder(folder, Path(self._path(images_uri)), limit=limit)
-
-
-def source_location(source: str) -> str:
-    """A source as a run records it: an s3:// URI without empty parts, or a resolved folder path."""
-    if on_s3(source):
-        return "s3://" + "/".join(part for part in split_uri(source) if part)
-    return str(Path(source).expanduser().resolve())
-
-
-def _hidden(uri: str) -> bool:
-    return uri.rsplit("/", 1)[-1].startswith(("_", "."))
-
-
-def s3_access(
-    region: str | None,
-    encryption: Mapping[str, str],
-    *,
-    conn_id: str | None = None,
-    endpoint_url: str | None = None,
-) -> tuple[Any, AbstractFileSystem]:
-    """The lake's boto3 S3 client and s3fs filesystem, both with RETRIES, from one set of credentials.
-
-    With `conn_id`: the Airflow connection's (credentials, endpoint), as the provider's S3Hook reads
-    it; else the standard AWS chain, at `endpoint_url` when given (the stack's SeaweedFS). Credentials
-    never in code.
-    """
-    from botocore.config import Config
-    from s3fs import S3FileSystem
-
-    options: dict[str, Any] = {
-        "config_kwargs": RETRIES,
-        "s3_additional_kwargs": dict(encryption),
-        # Spark writes to the lake behind this process's back: no cached listings.
-        "use_listings_cache": False,
-        "skip_instance_cache": True,
-    }
-    if conn_id is not None:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        hook = S3Hook(aws_conn_id=conn_id, region_name=region, config=Config(**RETRIES))
-        client = hook.get_conn()
-        # As the provider's own fsspec support does (airflow.providers.amazon.aws.fs.s3.get_fs), with
-        # our retries and encryption, which its get_fs cannot take.
-        endpoint = hook.conn_config.get_service_endpoint_url(service_name="s3")
-        fs = S3FileSystem(
-            session=hook.get_session(deferrable=True),
-            endpoint_url=endpoint,
-            client_kwargs={"region_name": region or hook.conn_region_name},
-            **options,
-        )
-        return client, fs
-    import boto3
-
-    client = boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=Config(**RETRIES))
-    fs = S3FileSystem(endpoint_url=endpoint_url, client_kwargs={"region_name": region}, **options)
-    return client, fs
 
 
 def lake_for(settings: Settings, conn_id: str | None = None) -> Lake:
     """The lake of these settings: a local folder, or S3 through `conn_id` or the standard AWS chain."""
     if not settings.lake_on_s3:
         return Lake.local()
-    client, fs = s3_access(
+    client, fs = clients.s3_access(
         settings.region, settings.encryption, conn_id=conn_id, endpoint_url=settings.s3_endpoint
     )
     return Lake(fs, client, settings.encryption)
+
+
+def create_bucket(settings: Settings) -> bool:
+    """Create the lake's bucket (standard AWS chain) if it is not there yet; True when it was created."""
+    client, _ = clients.s3_access(settings.region, settings.encryption, endpoint_url=settings.s3_endpoint)
+    return s3.create_bucket(client, split_uri(settings.lake)[0], settings.region)
 
 
 def airflow_lake(settings: Settings) -> Lake:

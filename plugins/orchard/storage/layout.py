@@ -5,6 +5,7 @@
     {lake}/cache/models/<weights>/               the ONNX model per weights (shared)
     {lake}/runs/<run id>/attempt-<n>/...         one attempt of a run: its inputs and outputs
     {lake}/latest.json                           the newest finished attempt of any run
+    {lake}/lake.json                             the version of this layout (orchard.storage.lake)
     {lake}/state/source_watch.json               the source watch's last fingerprint
     {lake}/erasures/<time>.json                  one record per erasure (forget_images)
     {lake}/artifacts/<content hash>/...          the EMR steps' code and bootstrap, staged
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ATTEMPT = re.compile(r"attempt-([1-9][0-9]*)/")
+MANIFEST = "manifest.json"
 
 
 def slug(text: str) -> str:
@@ -74,6 +75,19 @@ class LakeLayout:
     def latest(self) -> str:
         """Points at the newest finished attempt: run id, attempt, CSV, manifest, report."""
         return f"{self.lake}/latest.json"
+
+    @property
+    def format_file(self) -> str:
+        """The version of the lake's layout, so that a later Orchard knows what it reads."""
+        return f"{self.lake}/lake.json"
+
+    def manifests(self, uris: list[str]) -> list[str]:
+        """The manifests among URIs listed below `runs`: one per attempt, at its root."""
+        return [u for u in uris if self._is_manifest(u)]
+
+    def _is_manifest(self, uri: str) -> bool:
+        rest = uri[len(self.runs) + 1 :].split("/") if uri.startswith(self.runs + "/") else []
+        return len(rest) == 3 and _ATTEMPT.match(rest[1] + "/") is not None and rest[2] == MANIFEST
 
     @property
     def watch_state(self) -> str:
@@ -200,7 +214,7 @@ class RunLayout:
     @property
     def manifest(self) -> str:
         """What this attempt read, produced and used."""
-        return f"{self.root}/manifest.json"
+        return f"{self.root}/{MANIFEST}"
 
     @property
     def report_folder(self) -> str:
@@ -226,10 +240,3 @@ class RunLayout:
     def from_xcom(cls, data: Any) -> RunLayout:
         """The layout `to_xcom` described."""
         return cls(str(data["lake"]), str(data["dataset"]), str(data["run_id"]), int(data["attempt"]))
-
-
-def local_path(uri: str) -> Path:
-    """The filesystem path of a file:// URI (taken literally, as the lake URIs are)."""
-    if not uri.startswith("file:"):
-        raise ValueError(f"{uri!r} is not a local file:// URI")
-    return Path("/" + uri[len("file:") :].lstrip("/"))

@@ -1,10 +1,22 @@
-"""The code a cluster runs, packaged reproducibly and addressed by its content hash."""
+"""The code a cluster runs, packaged reproducibly, staged in the lake under its content hash.
+
+The jobs (entry points and the orchard_jobs zip), the bootstrap, and a wheelhouse of every wheel
+the nodes install, built once per requirements and EC2 architecture.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
+
+from orchard.storage.lake import Lake
+from orchard.storage.layout import LakeLayout
 
 ENTRY_POINTS = ("featurize.py", "pca.py")
 BOOTSTRAP = ("install-python-deps.sh", "requirements.txt")
@@ -69,11 +81,6 @@ def build_wheelhouse(requirements: Path, cache_dir: Path, architecture: str = "X
     `pip download --only-binary=:all:` for the nodes' platform, so the bootstrap installs with
     --no-index and the nodes never reach PyPI. The tar is deterministic (sorted, fixed times).
     """
-    import subprocess
-    import sys
-    import tarfile
-    import tempfile
-
     target = cache_dir / requirements_hash(requirements, architecture) / WHEELHOUSE
     if target.is_file():
         return target
@@ -101,6 +108,21 @@ def build_wheelhouse(requirements: Path, cache_dir: Path, architecture: str = "X
 
 def default_cache() -> Path:
     """Where the Airflow worker keeps built wheelhouses ($XDG_CACHE_HOME/orchard, else ~/.cache/orchard)."""
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchard" / "wheelhouse"
+
+
+def stage_code(lake: Lake, lake_uri: str, jobs_dir: Path, bootstrap_dir: Path) -> dict[str, str]:
+    """The jobs and bootstrap in the lake under their content hash (sent once per hash); name -> URI."""
+    with tempfile.TemporaryDirectory() as workdir:
+        files = collect(jobs_dir, bootstrap_dir, Path(workdir))
+        return lake.upload_files(files, LakeLayout(lake_uri).artifacts(content_hash(files)))
+
+
+def stage_wheelhouse(lake: Lake, lake_uri: str, requirements: Path, architecture: str) -> str:
+    """The nodes' wheels under artifacts/wheelhouse/<requirements hash>/: built and sent once per hash."""
+    prefix = LakeLayout(lake_uri).wheelhouse(requirements_hash(requirements, architecture))
+    uri = f"{prefix}/{WHEELHOUSE}"
+    if lake.exists(uri):
+        return uri
+    tar = build_wheelhouse(requirements, default_cache(), architecture)
+    return lake.upload_files({WHEELHOUSE: tar}, prefix)[WHEELHOUSE]

@@ -1,4 +1,4 @@
-"""The model the Spark workers run: MobileNetV2 converted to ONNX once per weights, kept in the lake.
+"""The conversion cache: MobileNetV2 converted to ONNX once per weights, kept in the lake for the workers.
 
 Runs on the Airflow side, which has TensorFlow: the cluster's nodes only need ONNX Runtime. A
 converted model is stored under `cache/models/<key>/` (next to the features cache) and reused by
@@ -22,7 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchard.s3 import file_sha256
+from orchard.storage.files import file_sha256, replaced_atomically
+from orchard.storage.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def fetch_imagenet() -> Exception | None:
     ~0.1 s instead of a TensorFlow import, and reuses the fallback's converted model. Kept by hand
     (urllib) because Keras's own get_file needs TensorFlow imported.
     """
-    from orchard.storage import replaced_atomically
-
     target = keras_imagenet_file()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +85,7 @@ def model_key(identity: str) -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def _fetch_weights(lake: Any, spec: str, workdir: Path) -> str:
+def _fetch_weights(lake: Lake, spec: str, workdir: Path) -> str:
     """A local path for a weights spec that names a file in the lake's storage (s3://...)."""
     if "://" not in spec or spec.startswith("file://"):
         return spec.removeprefix("file://")
@@ -112,12 +111,13 @@ def convert(spec: str, fallback: str, workdir: Path) -> tuple[bytes, dict[str, A
     return (workdir / "model.onnx").read_bytes(), account
 
 
-def prepare_model(lake: Any, models_root: str, spec: str, fallback: str) -> dict[str, Any]:
+def prepare_model(lake: Lake, models_root: str, spec: str, fallback: str) -> dict[str, Any]:
     """The ONNX model for a weights spec: taken from the lake when converted before, else converted now.
 
     Returns the model's URI and SHA-256, the weights account (requested, used, meaningful,
     warnings) for the run manifest, and whether this call converted it.
     """
+    # Deferred: orchard_jobs brings numpy, Pillow and pillow-heif, which parsing the DAG does not need.
     from orchard_jobs.engine import model_digest
     from orchard_jobs.model import (
         DEFAULT_SEED,

@@ -1,4 +1,4 @@
-"""The last steps of a run: one pcaFeatures.csv, the manifest, the report, and the lake's `latest.json`."""
+"""A run's attempts in the lake: which attempt a run is at, its manifest and CSV, and `latest.json`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.lake import Lake
-from orchard.layout import LakeLayout, RunLayout
+from orchard.storage.lake import Lake
+from orchard.storage.layout import LakeLayout, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ def export_run(lake: Lake, run: RunLayout, sync: Mapping[str, Any]) -> dict[str,
             f"accounting failed: the source listed {counts['source_files']} files, the featurize step read "
             f"{counts['inputs']}: {counts['featurized']} featurized + {counts['quarantined']} quarantined"
         )
-    if merge_stats:
-        manifest["csv_merge"] = merge_stats
+    manifest["csv_merge"] = merge_stats
     lake.write_json(run.manifest, manifest)
     for warning in manifest["warnings"]:
         log.warning("%s", warning)
@@ -97,6 +96,15 @@ def publish(lake: Lake, run: RunLayout) -> None:
     log.info("latest.json now points at %s", run.root)
 
 
+def next_attempt(lake: Lake, lake_uri: str, run_id: str) -> int:
+    """1 + the highest attempt of `run_id` the lake holds (1 for a new run).
+
+    Taken from the lake, not from Airflow's try number: whatever re-runs the upload (a clear in
+    the UI, `airflow dags test` on the same run, a retry), it never writes into an attempt readers saw.
+    """
+    return max(attempts(lake, lake_uri, run_id), default=0) + 1
+
+
 def attempts(lake: Lake, lake_uri: str, run_id: str) -> dict[int, list[str]]:
     """The attempts of a run the lake holds: attempt number -> the URIs of its files."""
     shared = LakeLayout(lake_uri)
@@ -111,27 +119,8 @@ def attempts(lake: Lake, lake_uri: str, run_id: str) -> dict[int, list[str]]:
 def reported_attempt(lake: Lake, lake_uri: str, run_id: str) -> RunLayout | None:
     """The newest attempt of a run that has its report, as its manifest describes it; else None."""
     for _, files in sorted(attempts(lake, lake_uri, run_id).items(), reverse=True):
-        for uri in (u for u in files if u.endswith("/manifest.json")):
+        for uri in LakeLayout(lake_uri).manifests(files):
             run = RunLayout.from_xcom(lake.read_json(uri)["run"])
             if lake.exists(run.report):
                 return run
     return None
-
-
-REPORT_TYPES = {".png": "image/png", ".html": "text/html; charset=utf-8"}
-
-
-def write_report(lake: Lake, run: RunLayout) -> str:
-    """The report (plots + one HTML page) in the attempt's `report/`; returns the page's URI."""
-    from orchard.report import build_report
-
-    manifest = lake.read_json(run.manifest)
-    pca_summary = lake.read_json(run.pca_summary)
-    scores = lake.read_parquet(run.pca)
-    quarantine = lake.read_parquet(run.quarantine)
-    files = build_report(manifest, pca_summary, scores, quarantine)
-    for name, data in files.items():
-        lake.write_bytes(f"{run.report_folder}/{name}", data, REPORT_TYPES[name[name.rindex(".") :]])
-    log.info("run report: %s", run.report)
-    log.info("report plots: %s/scree.png, %s/pc_scatter.png", run.report_folder, run.report_folder)
-    return run.report

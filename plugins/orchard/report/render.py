@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from typing import Any
 import jinja2
 import numpy as np
 import numpy.typing as npt
+
+from orchard.storage.lake import Lake
+from orchard.storage.layout import RunLayout
+
+log = logging.getLogger(__name__)
 
 # More classes than this and the legend would hide the plot: the scatter says how many there are.
 MAX_LEGEND = 20
@@ -264,3 +270,20 @@ def build_report(
     bad = sorted(zip(quarantine["path"], quarantine["reason"], strict=True))
     page = report_html(manifest, scree, scatter, bad)
     return {"scree.png": scree, "pc_scatter.png": scatter, "report.html": page.encode("utf-8")}
+
+
+REPORT_TYPES = {".png": "image/png", ".html": "text/html; charset=utf-8"}
+
+
+def write_report(lake: Lake, run: RunLayout) -> str:
+    """The report (plots + one HTML page) in the attempt's `report/`; returns the page's URI."""
+    manifest = lake.read_json(run.manifest)
+    pca_summary = lake.read_json(run.pca_summary)
+    scores = lake.read_parquet(run.pca)
+    quarantine = lake.read_parquet(run.quarantine)
+    files = build_report(manifest, pca_summary, scores, quarantine)
+    for name, data in files.items():
+        lake.write_bytes(f"{run.report_folder}/{name}", data, REPORT_TYPES[name[name.rindex(".") :]])
+    log.info("run report: %s", run.report)
+    log.info("report plots: %s/scree.png, %s/pc_scatter.png", run.report_folder, run.report_folder)
+    return run.report

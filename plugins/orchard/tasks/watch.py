@@ -14,17 +14,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import Asset
+
 from orchard.config import Settings
-from orchard.storage import is_hidden, list_source
+from orchard.storage.files import is_hidden, list_source
+from orchard.storage.lake import Lake, airflow_lake
+from orchard.storage.layout import LakeLayout
 
 ASSET_NAME = "orchard_source_images"
 NO_SCHEDULE = {"", "none", "null", "manual"}
 
 
-def source_asset(settings: Settings) -> Any:
+def source_asset(settings: Settings) -> Asset:
     """The asset standing for the images in the default source folder."""
-    from airflow.sdk import Asset
-
     return Asset(name=ASSET_NAME, uri=Path(settings.default_source).resolve().as_uri())
 
 
@@ -54,7 +56,7 @@ def source_fingerprint(source: Path) -> dict[str, Any]:
     return {"files": files, "bytes": size, "newest_mtime": newest, "listing_sha256": digest.hexdigest()}
 
 
-def detect_change(lake: Any, state_uri: str, source: Path) -> dict[str, Any] | None:
+def detect_change(lake: Lake, state_uri: str, source: Path) -> dict[str, Any] | None:
     """The source's fingerprint if it differs from the one stored at `state_uri` (then stored), else None."""
     current = source_fingerprint(source)
     try:
@@ -65,3 +67,9 @@ def detect_change(lake: Any, state_uri: str, source: Path) -> dict[str, Any] | N
         return None
     lake.write_json(state_uri, current)
     return current
+
+
+def detect_new_images(settings: Settings) -> dict[str, Any] | None:
+    """orchard_source_watch's task: the source folder's new fingerprint when it changed, else None."""
+    lake = airflow_lake(settings)
+    return detect_change(lake, LakeLayout(settings.lake).watch_state, Path(settings.default_source))

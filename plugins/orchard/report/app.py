@@ -21,7 +21,10 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from orchard.report import templates
+from orchard.config import Settings
+from orchard.report.render import templates
+from orchard.runs import reported_attempt
+from orchard.storage.lake import airflow_lake
 
 DAG_ID = "fruits_pipeline"
 # The files a report has, and nothing else is ever read.
@@ -41,13 +44,9 @@ HEADERS = {
 def read_report_file(run_id: str, name: str) -> bytes:
     """One file of a run's report, from the lake the pipeline writes to; FileNotFoundError when absent.
 
-    The report of the run's newest attempt that has one (`export.reported_attempt`), in the folder
+    The report of the run's newest attempt that has one (`runs.reported_attempt`), in the folder
     its RunLayout names.
     """
-    from orchard.config import Settings
-    from orchard.export import reported_attempt
-    from orchard.lake import airflow_lake
-
     settings = Settings.from_env()
     lake = airflow_lake(settings)
     run = reported_attempt(lake, settings.lake, run_id)

@@ -1,27 +1,38 @@
-"""Moving files into and out of the lake: the image sync and the one-file CSV assembly."""
+"""The image sync: a source mirrored into the lake, every file ending in one outcome, counted.
+
+One rule on every backend: a file is skipped when the lake's copy has the same size and the same
+content, which for a source folder is its SHA-256 (hashed anyway for the run's input listing) and,
+for an s3:// source copied inside S3, the source object's ETag (its bytes never reach this process).
+"""
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import logging
-import os
 import shutil
-import stat
-import tempfile
-import unicodedata
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
+
+from orchard.storage.files import (
+    check_source,
+    file_sha256,
+    is_hidden,
+    os_reason,
+    replaced_atomically,
+    shown,
+    walk_source,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+# What copy_one returns for one file: (relative path, outcome, bytes or reason, SHA-256 or None).
+Outcome = tuple[str, str, int | str, str | None]
 
 
 @dataclass(frozen=True)
@@ -107,118 +118,18 @@ def listing_parquet(inputs: Iterable[Input]) -> bytes:
     return buffer.getvalue()
 
 
-def is_hidden(rel_path: str) -> bool:
-    """Names Spark's file listing never reads ('.x', '_x' at any depth), so they are not inputs."""
-    return any(part.startswith((".", "_")) for part in Path(rel_path).parts)
-
-
-def shown(rel: str) -> str:
-    """A relative path as text: bytes that are not UTF-8 (kept by os as surrogates) shown as \\xNN."""
-    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def name_problem(rel: str) -> str | None:
-    """Why a file name cannot travel through the pipeline (S3 keys, Parquet, CSV), or None."""
+def _copy(src: Path, dest: Path, size: int, digest: str) -> str:
+    """Copy unless `dest` already holds these bytes (same size, same SHA-256): 'uploaded' or 'skipped'."""
     try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return "file name is not valid UTF-8: rename the file"
-    for char in rel:
-        if unicodedata.category(char) == "Cc":
-            name = {"\n": "newline", "\r": "carriage return", "\t": "tab"}.get(char, f"U+{ord(char):04X}")
-            return f"file name contains a control character ({name}): rename the file"
-    return None
-
-
-def walk_source(source: Path) -> Iterator[tuple[str, str | None]]:
-    """(relative path, problem or None) of every file below `source`, depth-first in name order.
-
-    Follows symbolic links, as a user's folder means them, but reports a broken link, a link loop,
-    a folder that cannot be read, or something that is not a regular file as a problem instead of
-    skipping it: every entry ends in exactly one outcome. Streams the walk.
-    """
-    top = source.stat()
-    yield from _walk(source, "", frozenset({(top.st_dev, top.st_ino)}))
-
-
-def _walk(
-    folder: Path, prefix: str, ancestors: frozenset[tuple[int, int]]
-) -> Iterator[tuple[str, str | None]]:
-    try:
-        with os.scandir(folder) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-    except OSError as exc:
-        yield prefix.rstrip("/") or ".", f"folder cannot be read: {os_reason(exc)}"
-        return
-    for entry in entries:
-        rel = prefix + entry.name
-        try:
-            info = os.stat(entry.path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                yield rel, "symbolic link loop: it points back to itself"
-            elif entry.is_symlink() and exc.errno == errno.ENOENT:
-                yield rel, "broken symbolic link: its target does not exist"
-            else:
-                yield rel, f"cannot be read: {os_reason(exc)}"
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            key = (info.st_dev, info.st_ino)
-            if key in ancestors:
-                yield rel, "symbolic link loop: it points to a folder that contains it"
-                continue
-            yield from _walk(Path(entry.path), rel + "/", ancestors | {key})
-        elif stat.S_ISREG(info.st_mode):
-            yield rel, name_problem(rel)
-        else:
-            yield rel, "not a regular file (a pipe, socket or device)"
-
-
-def os_reason(exc: OSError) -> str:
-    """An OSError as a short, stable reason (no paths, no object reprs)."""
-    return (exc.strerror or type(exc).__name__).lower()
-
-
-def list_source(source: Path) -> Iterator[str]:
-    """Relative paths of the files below `source` that can be inputs, depth-first in name order."""
-    for rel, problem in walk_source(source):
-        if problem is None:
-            yield rel
-
-
-def check_source(source: Path) -> None:
-    """Fail early, with the path in the message, when the source folder cannot feed a run."""
-    if not source.exists():
-        raise FileNotFoundError(f"source folder {str(source)!r} does not exist")
-    if not source.is_dir():
-        raise NotADirectoryError(f"source {str(source)!r} is not a folder")
-    if not any(not is_hidden(rel) for rel, _ in walk_source(source)):
-        raise ValueError(f"source folder {str(source)!r} contains no files")
-
-
-def _unchanged(src: Path, dest: Path) -> bool:
-    try:
-        s, d = src.stat(), dest.stat()
+        same = dest.stat().st_size == size and file_sha256(dest) == digest
     except FileNotFoundError:
-        return False
-    return s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime)
-
-
-def _copy(src: Path, dest: Path) -> tuple[str, int]:
-    if _unchanged(src, dest):
-        return "skipped", 0
-    # A reader never sees a half-copied image; the copy keeps the source's times (see _unchanged).
+        same = False
+    if same:
+        return "skipped"
+    # A reader never sees a half-copied image.
     with replaced_atomically(dest, stat_from=src) as out, src.open("rb") as handle:
         shutil.copyfileobj(handle, out, 1 << 20)
-    return "uploaded", dest.stat().st_size
-
-
-def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
-    """The first `limit` items (all of them when limit is None or 0)."""
-    for n, item in enumerate(items):
-        if limit and n >= limit:
-            return
-        yield item
+    return "uploaded"
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -240,7 +151,7 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 def sync_each(
     entries: Iterable[tuple[str, str | None]],
     dest: str | Path,
-    copy_one: Callable[[str], tuple[str, str, int | str, str | None]],
+    copy_one: Callable[[str], Outcome],
     limit: int | None,
     workers: int,
     delete: Callable[[set[str]], int] | None = None,
@@ -282,21 +193,19 @@ def sync_each(
 def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int = 8) -> SyncReport:
     """Mirror the files below `source` into `dest` (same relative paths), skipping unchanged ones.
 
-    Unchanged means same size and modification time (copies keep the source's mtime), as rsync
-    decides. Files gone from the source are removed from `dest`: the lake's copy of a dataset is
-    the source as of the last upload.
+    Unchanged: the copy has the same size and SHA-256 (the module's one rule). Files gone from the
+    source are removed from `dest`: the lake's copy of a dataset is the source as of the last upload.
     """
     check_source(source)
 
-    def one(rel: str) -> tuple[str, str, int | str, str | None]:
+    def one(rel: str) -> Outcome:
         src = source / rel
         try:  # what the source gives: a file that cannot be read is quarantined, not fatal
             size, digest = src.stat().st_size, file_sha256(src)
         except OSError as exc:
             return rel, "quarantined", f"cannot be read: {os_reason(exc)}", None
         try:
-            outcome, _ = _copy(src, dest / rel)
-            return rel, outcome, size, digest
+            return rel, _copy(src, dest / rel, size, digest), size, digest
         except OSError as exc:
             return rel, "failed", f"{type(exc).__name__}: {exc}", None
 
@@ -310,32 +219,3 @@ def sync_folder(source: Path, dest: Path, limit: int | None = None, workers: int
         return gone
 
     return sync_each(walk_source(source), dest, one, limit, workers, delete)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@contextmanager
-def replaced_atomically(dest: Path, stat_from: Path | None = None) -> Generator[BinaryIO]:
-    """A binary file that becomes `dest` only when the block completes: readers never see half of it.
-
-    Written next to `dest` and renamed (atomic within one filesystem); with `stat_from`, it takes
-    that file's permission bits and times first.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".orchard-", suffix=dest.suffix)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-        if stat_from is not None:
-            shutil.copystat(stat_from, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

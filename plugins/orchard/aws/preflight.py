@@ -1,0 +1,321 @@
+"""Preflight for the emr target: everything a run needs from AWS, checked before anything costs money.
+
+`python -m orchard preflight` (standard AWS credential chain) or the DAG's `check_aws` task (the
+Airflow connection). Every check runs and every problem is reported, each as one line naming the
+setting and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from orchard import clients
+from orchard.config import Settings
+from orchard.storage.uris import split_uri
+
+KMS_NODE_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the preflight: what was checked, and the problem (with its fix) if any."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{'ok     ' if self.ok else 'PROBLEM'} {self.name}: {self.detail}"
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _wildcard(pattern: str, value: str) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.IGNORECASE) is not None
+
+
+def key_policy_allows(policy: Mapping[str, Any], principal_arn: str, actions: Iterable[str]) -> bool:
+    """Whether a key policy's Allow statements name `principal_arn` for every action (no conditions)."""
+    statements = policy.get("Statement", [])
+    statements = statements if isinstance(statements, list) else [statements]
+
+    def names(statement: Mapping[str, Any]) -> list[str]:
+        principal = statement.get("Principal", {})
+        if principal == "*":
+            return ["*"]
+        aws = principal.get("AWS", []) if isinstance(principal, dict) else []
+        return aws if isinstance(aws, list) else [aws]
+
+    def allows(action: str) -> bool:
+        for st in statements:
+            if st.get("Effect") != "Allow" or "Condition" in st:
+                continue
+            acts = st.get("Action", [])
+            acts = acts if isinstance(acts, list) else [acts]
+            if any(_wildcard(a, action) for a in acts) and any(n in {"*", principal_arn} for n in names(st)):
+                return True
+        return False
+
+    return all(allows(a) for a in actions)
+
+
+def check_lake(s3: Any, settings: Settings) -> list[Check]:
+    """The bucket answers a listing of the lake prefix with these credentials; its default encryption."""
+    bucket, prefix = split_uri(settings.lake)
+    setting = f"ORCHARD_LAKE={settings.lake}"
+    try:
+        # A prefix listing, not HeadBucket: HeadBucket is authorized as s3:ListBucket without an
+        # s3:prefix, which the least-privilege policy (listing scoped to the lake prefix) refuses.
+        s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except ClientError as exc:
+        if _code(exc) in {"NoSuchBucket", "404"}:
+            return [
+                Check(setting, False, f"bucket {bucket!r} does not exist: create it (docs/aws.md step 1)")
+            ]
+        if _code(exc) in {"AccessDenied", "403"}:
+            return [
+                Check(
+                    setting,
+                    False,
+                    f"listing s3://{bucket}/{prefix} is denied: attach "
+                    "plugins/orchard/aws/airflow-iam-policy.json to Airflow's credentials",
+                )
+            ]
+        return [Check(setting, False, f"bucket {bucket!r} cannot be reached: {_code(exc) or exc}")]
+    checks = [Check(setting, True, f"bucket {bucket!r} is reachable with these credentials")]
+    try:
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        default = rules[0]["ApplyServerSideEncryptionByDefault"]
+        algorithm = default["SSEAlgorithm"]
+        detail = f"default encryption {algorithm}"
+        if algorithm.startswith("aws:kms"):
+            detail += f" (key {default.get('KMSMasterKeyID', 'aws/s3')}, bucket key "
+            detail += f"{'on' if rules[0].get('BucketKeyEnabled') else 'off'})"
+        checks.append(Check(f"{setting} encryption", True, detail))
+    except ClientError as exc:
+        if _code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
+            checks.append(
+                Check(
+                    f"{setting} encryption",
+                    False,
+                    f"bucket {bucket!r} has no default "
+                    "encryption: set it (docs/aws.md step 1, put-bucket-encryption)",
+                )
+            )
+        else:
+            detail = f"cannot read the default encryption of {bucket!r}: {_code(exc)}"
+            checks.append(Check(f"{setting} encryption", False, detail))
+    return checks
+
+
+def check_roles(iam: Any, settings: Settings) -> tuple[list[Check], str | None]:
+    """The service role and the instance profile exist; returns the profile's role ARN too."""
+    checks = []
+    role_setting = f"ORCHARD_EMR_SERVICE_ROLE={settings.emr_service_role}"
+    try:
+        iam.get_role(RoleName=settings.emr_service_role)
+        checks.append(Check(role_setting, True, "service role exists"))
+    except ClientError as exc:
+        fix = "run `aws emr create-default-roles` or set ORCHARD_EMR_SERVICE_ROLE to your role"
+        what = "does not exist" if _code(exc) == "NoSuchEntity" else f"cannot be read ({_code(exc)})"
+        checks.append(Check(role_setting, False, f"role {what}: {fix}"))
+    profile_setting = f"ORCHARD_EMR_INSTANCE_PROFILE={settings.emr_instance_profile}"
+    role_arn = None
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=settings.emr_instance_profile)[
+            "InstanceProfile"
+        ]
+        roles = profile.get("Roles", [])
+        if roles:
+            role_arn = roles[0]["Arn"]
+            checks.append(
+                Check(profile_setting, True, f"instance profile exists (role {roles[0]['RoleName']})")
+            )
+        else:
+            checks.append(
+                Check(
+                    profile_setting,
+                    False,
+                    "instance profile has no role: add one (aws iam add-role-to-instance-profile)",
+                )
+            )
+    except ClientError as exc:
+        fix = "run `aws emr create-default-roles` or set ORCHARD_EMR_INSTANCE_PROFILE to your profile"
+        what = "does not exist" if _code(exc) == "NoSuchEntity" else f"cannot be read ({_code(exc)})"
+        checks.append(Check(profile_setting, False, f"instance profile {what}: {fix}"))
+    return checks, role_arn
+
+
+def supported_instance_types(emr: Any, release: str) -> dict[str, dict[str, Any]]:
+    """Instance type -> EMR's description of it (Architecture among others), for one release."""
+    types, token = {}, None
+    while True:
+        kwargs = {"ReleaseLabel": release, **({"Marker": token} if token else {})}
+        page = emr.list_supported_instance_types(**kwargs)
+        types.update({t["Type"]: t for t in page.get("SupportedInstanceTypes", [])})
+        token = page.get("Marker")
+        if not token:
+            return types
+
+
+def check_release_and_instance(emr: Any, settings: Settings, instance_type: str) -> list[Check]:
+    """The release exists in the region; the instance type is supported by it."""
+    release = settings.emr_release
+    setting = f"ORCHARD_EMR_RELEASE={release}"
+    labels, token = [], None
+    while True:
+        page = emr.list_release_labels(**({"NextToken": token} if token else {}))
+        labels += page.get("ReleaseLabels", [])
+        token = page.get("NextToken")
+        if not token:
+            break
+    type_setting = f"ORCHARD_EMR_INSTANCE_TYPE={instance_type}"
+    if release not in labels:
+        newest = ", ".join(sorted((lb for lb in labels if lb.startswith("emr-7")), reverse=True)[:3])
+        return [
+            Check(setting, False, f"release not available in {settings.region}: use one of {newest}"),
+            Check(type_setting, False, "not checked: the release label is not available"),
+        ]
+    checks = [Check(setting, True, f"release exists in {settings.region}")]
+    types = supported_instance_types(emr, release)
+    if instance_type not in types:
+        checks.append(
+            Check(
+                type_setting,
+                False,
+                f"not supported by {release} in {settings.region}: "
+                "pick another type (or the instance_type Param)",
+            )
+        )
+        return checks
+    arch = types[instance_type].get("Architecture", "X86_64").lower()
+    checks.append(
+        Check(type_setting, True, f"supported by {release}, {arch} (its wheelhouse is built for it)")
+    )
+    return checks
+
+
+def check_subnet(ec2: Any, settings: Settings) -> list[Check]:
+    """The subnet exists, when one is set."""
+    if not settings.emr_subnet_id:
+        return []
+    setting = f"ORCHARD_EMR_SUBNET_ID={settings.emr_subnet_id}"
+    try:
+        subnet = ec2.describe_subnets(SubnetIds=[settings.emr_subnet_id])["Subnets"][0]
+    except ClientError as exc:
+        what = (
+            "does not exist" if _code(exc).startswith("InvalidSubnetID") else f"cannot be read ({_code(exc)})"
+        )
+        return [
+            Check(
+                setting, False, f"subnet {what} in {settings.region}: set an existing subnet id or unset it"
+            )
+        ]
+    return [
+        Check(
+            setting,
+            True,
+            f"subnet exists ({subnet.get('VpcId')}, {subnet.get('AvailabilityZone')}); "
+            "without NAT it needs an S3 gateway endpoint",
+        )
+    ]
+
+
+def check_kms(kms: Any, settings: Settings, node_role_arn: str | None) -> list[Check]:
+    """The key exists, is enabled for encryption, and lets the cluster's nodes use it."""
+    if not settings.kms_key_id:
+        return []
+    setting = f"ORCHARD_KMS_KEY_ID={settings.kms_key_id}"
+    try:
+        meta = kms.describe_key(KeyId=settings.kms_key_id)["KeyMetadata"]
+    except ClientError as exc:
+        what = "does not exist" if _code(exc) == "NotFoundException" else f"cannot be read ({_code(exc)})"
+        return [Check(setting, False, f"key {what} in {settings.region}: set a key id/ARN of this region")]
+    usage = (
+        meta.get("KeyState"),
+        meta.get("KeyUsage", "ENCRYPT_DECRYPT"),
+        meta.get("KeySpec", "SYMMETRIC_DEFAULT"),
+    )
+    if usage[0] != "Enabled":
+        return [Check(setting, False, f"key is {usage[0]}: enable it (aws kms enable-key)")]
+    if usage[1:] != ("ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT"):
+        return [Check(setting, False, "S3 needs a symmetric ENCRYPT_DECRYPT key: use another key")]
+    checks = [Check(setting, True, "key is enabled for encryption")]
+    if node_role_arn is None:
+        return [*checks, Check(f"{setting} nodes", False, "not checked: the instance profile has no role")]
+    return [*checks, _node_key_access(kms, setting, meta, node_role_arn)]
+
+
+def _node_key_access(kms: Any, setting: str, meta: Mapping[str, Any], node_role_arn: str) -> Check:
+    """Whether the key policy lets the nodes' role encrypt and decrypt (or leaves that to IAM)."""
+    name = f"{setting} nodes"
+    try:
+        policy = json.loads(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
+    except ClientError as exc:
+        return Check(name, False, f"cannot read the key policy ({_code(exc)})")
+    if key_policy_allows(policy, node_role_arn, KMS_NODE_ACTIONS):
+        return Check(name, True, f"key policy lets {node_role_arn} encrypt and decrypt")
+    root = f"arn:aws:iam::{meta.get('AWSAccountId', '')}:root"
+    if key_policy_allows(policy, root, ("kms:*",)) or key_policy_allows(policy, root, KMS_NODE_ACTIONS):
+        actions = " and ".join(KMS_NODE_ACTIONS)
+        return Check(name, True, f"key policy delegates to IAM: {node_role_arn} needs {actions} on the key")
+    return Check(
+        name,
+        False,
+        f"key policy does not let {node_role_arn} use the key: allow it "
+        f"{' and '.join(KMS_NODE_ACTIONS)} (docs/aws.md step 2)",
+    )
+
+
+def run_checks(
+    settings: Settings,
+    client: Callable[[clients.Service], Any],
+    instance_type: str | None = None,
+) -> list[Check]:
+    """Every check, in the order a user sets things up; `client(service)` gives a boto3 client."""
+    checks = check_lake(client("s3"), settings)
+    role_checks, node_role = check_roles(client("iam"), settings)
+    checks += role_checks
+    checks += check_release_and_instance(client("emr"), settings, instance_type or settings.emr_instance_type)
+    checks += check_subnet(client("ec2"), settings)
+    checks += check_kms(client("kms"), settings, node_role)
+    return checks
+
+
+def problems(checks: Iterable[Check]) -> list[Check]:
+    """The failed checks."""
+    return [c for c in checks if not c.ok]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m orchard preflight`: print every check (standard AWS chain); exit 1 when any failed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m orchard preflight", description="Check the AWS set-up of the emr target before a run"
+    )
+    parser.add_argument("--instance-type", help="instance type to check (default ORCHARD_EMR_INSTANCE_TYPE)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if not settings.lake_on_s3:
+        print(f"PROBLEM ORCHARD_LAKE={settings.lake}: the emr target needs s3://bucket/prefix")
+        return 1
+    s3, _ = clients.s3_access(settings.region, settings.encryption, endpoint_url=settings.s3_endpoint)
+
+    def client(service: clients.Service) -> Any:
+        return s3 if service == "s3" else clients.aws_client(service, settings.region)
+
+    checks = run_checks(settings, client, args.instance_type)
+    for check in checks:
+        print(check)
+    failed = problems(checks)
+    print(f"{len(failed)} problem(s)" if failed else "preflight passed: ready for ORCHARD_TARGET=emr")
+    return 1 if failed else 0

@@ -1,0 +1,1 @@
+"""The run report: its page and plots (render), and the Airflow UI's report tab (app)."""
