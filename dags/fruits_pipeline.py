@@ -69,8 +69,8 @@ from airflow.sdk import DAG, Param, chain, get_current_context, task, teardown
 
 from orchard.aws import emr
 from orchard.config import Settings
+from orchard.layout import RunLayout
 from orchard.spark import steps
-from orchard.storage.layout import RunLayout
 from orchard.tasks import pipeline
 from orchard.tasks.watch import dag_schedule
 

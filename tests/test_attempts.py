@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchard.samples import generate
-from orchard.storage.uris import local_path
+from orchard.uris import local_path
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e

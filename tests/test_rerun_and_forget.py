@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from orchard.samples import generate
-from orchard.storage.uris import local_path
+from orchard.uris import local_path
 from tests.conftest import ROOT
 from tests.imagefactory import truncated_jpeg
 

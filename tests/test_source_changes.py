@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from orchard.samples import generate
-from orchard.storage.uris import local_path
+from orchard.uris import local_path
 from tests.conftest import ROOT
 from tests.imagefactory import encode, gradient
 

@@ -13,7 +13,7 @@ from orchard import erasure
 from orchard.aws import preflight
 from orchard.config import Settings
 from orchard.storage.lake import create_bucket
-from orchard.storage.uris import split_uri
+from orchard.uris import split_uri
 
 
 def bucket(argv: list[str]) -> int:

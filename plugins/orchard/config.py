@@ -24,8 +24,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from orchard.storage.layout import LakeLayout
-from orchard.storage.uris import normalise_uri
+from orchard.layout import LakeLayout
+from orchard.uris import normalise_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Target = Literal["local", "emr"]

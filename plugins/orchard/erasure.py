@@ -29,9 +29,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from orchard.config import Settings
+from orchard.layout import LakeLayout, RunLayout, slug
 from orchard.report.render import write_report
 from orchard.storage.lake import Lake, lake_for
-from orchard.storage.layout import LakeLayout, RunLayout, slug
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from orchard.layout import LakeLayout, RunLayout
 from orchard.storage.lake import Lake
-from orchard.storage.layout import LakeLayout, RunLayout
 
 log = logging.getLogger(__name__)
 

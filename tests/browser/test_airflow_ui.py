@@ -21,7 +21,7 @@ import pytest
 
 from orchard.dev.ui import SERVICES, free_port, wait_for
 from orchard.samples import generate
-from orchard.storage.uris import local_path
+from orchard.uris import local_path
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from orchard.config import PROJECT_ROOT, Settings
+from orchard.layout import LakeLayout, RunLayout, slug
 from orchard.spark import steps
-from orchard.storage.layout import LakeLayout, RunLayout, slug
-from orchard.storage.uris import local_path, normalise_uri
+from orchard.uris import local_path, normalise_uri
 
 
 def test_defaults_are_the_embedded_local_setup():

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from orchard.layout import LakeLayout
 from orchard.report import app as report_app
-from orchard.storage.layout import LakeLayout
 from tests.plugins.test_report import MANIFEST, tables
 
 DAG = "fruits_pipeline"

@@ -4,7 +4,7 @@ runs before its Spark steps) on the S3 lake of the container's settings. Prints 
 import json
 
 from orchard.config import Settings
-from orchard.storage.layout import RunLayout
+from orchard.layout import RunLayout
 from orchard.tasks import pipeline
 
 settings = Settings.from_env()

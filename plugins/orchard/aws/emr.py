@@ -17,9 +17,9 @@ from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
 from orchard import clients
 from orchard.config import Settings
+from orchard.layout import slug
 from orchard.spark import steps
-from orchard.storage.layout import slug
-from orchard.storage.uris import split_uri
+from orchard.uris import split_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from orchard import clients
 from orchard.config import Settings
-from orchard.storage.uris import split_uri
+from orchard.uris import split_uri
 
 KMS_NODE_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 

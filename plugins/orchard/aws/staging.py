@@ -15,8 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from orchard.layout import LakeLayout
 from orchard.storage.lake import Lake
-from orchard.storage.layout import LakeLayout
 
 ENTRY_POINTS = ("featurize.py", "pca.py")
 BOOTSTRAP = ("install-python-deps.sh", "requirements.txt")

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from orchard.config import Settings
-from orchard.storage.layout import LakeLayout
-from orchard.storage.uris import local_path
+from orchard.layout import LakeLayout
+from orchard.uris import local_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from orchard.config import Settings
+from orchard.layout import LakeLayout, RunLayout
 from orchard.model_cache import prepare_model
 from orchard.samples import generate
 from orchard.spark import steps
 from orchard.storage.lake import Lake
-from orchard.storage.layout import LakeLayout, RunLayout
 from orchard.storage.sync import listing_parquet, sync_folder
-from orchard.storage.uris import local_path, on_s3
+from orchard.uris import local_path, on_s3
 
 # Run by spark-submit (see build): both steps, one after the other, in one application.
 STEPS = "--steps"

@@ -18,8 +18,8 @@ import jinja2
 import numpy as np
 import numpy.typing as npt
 
+from orchard.layout import RunLayout
 from orchard.storage.lake import Lake
-from orchard.storage.layout import RunLayout
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from orchard.config import Settings
+from orchard.layout import RunLayout
 from orchard.spark import home
-from orchard.storage.layout import RunLayout
 
 # One Arrow batch is one inference batch; 64 images keep a worker's memory near 1 GB.
 ARROW_BATCH = 64

@@ -1,1 +1,1 @@
-"""The lake and what moves files into it: URIs, the layout of every path, the image sync, S3's own API."""
+"""The lake: one interface on a folder and on S3, the image sync, and what needs S3's own API."""

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from orchard import clients
 from orchard.config import Settings
+from orchard.layout import LakeLayout
 from orchard.storage import s3
 from orchard.storage.files import check_source, is_hidden, replaced_atomically
-from orchard.storage.layout import LakeLayout
 from orchard.storage.sync import SyncReport, sync_folder
-from orchard.storage.uris import local_path, on_s3, source_location, split_uri
+from orchard.uris import local_path, on_s3, source_location, split_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The version of the lake's layout (orchard.storage.layout), recorded in LakeLayout.format_file.
+# The version of the lake's layout (orchard.layout), recorded in LakeLayout.format_file.
 # A lake written before the version was recorded has today's layout: version 1.
 LAKE_FORMAT = 1
 

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from orchard.storage.files import check_source, file_sha256, is_hidden, name_problem, os_reason, walk_source
 from orchard.storage.sync import Outcome, SyncReport, sync_each
-from orchard.storage.uris import split_uri
+from orchard.uris import split_uri
 
 if TYPE_CHECKING:
     from types_boto3_s3.type_defs import HeadObjectOutputTypeDef

@@ -15,11 +15,11 @@ from typing import Any
 from orchard import clients, model_cache, runs
 from orchard.aws import emr, preflight, staging
 from orchard.config import Settings
+from orchard.layout import LakeLayout, RunLayout
 from orchard.report.render import write_report
 from orchard.storage.lake import airflow_lake
-from orchard.storage.layout import LakeLayout, RunLayout
 from orchard.storage.sync import listing_parquet
-from orchard.storage.uris import dataset_name
+from orchard.uris import dataset_name
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 from airflow.sdk import Asset
 
 from orchard.config import Settings
+from orchard.layout import LakeLayout
 from orchard.storage.files import is_hidden, list_source
 from orchard.storage.lake import Lake, airflow_lake
-from orchard.storage.layout import LakeLayout
 
 ASSET_NAME = "orchard_source_images"
 NO_SCHEDULE = {"", "none", "null", "manual"}
