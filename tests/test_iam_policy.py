@@ -86,9 +86,9 @@ def test_clusters_are_created_tagged_with_auto_termination_and_only_our_roles_ar
     assert iam.decide(POLICY, foreign) == "implicit deny"
 
 
-def readme_bucket_policies() -> list[dict]:
-    """Every bucket policy (a JSON block with a Principal) the README shows."""
-    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+def documented_bucket_policies() -> list[dict]:
+    """Every bucket policy (a JSON block with a Principal) docs/aws.md shows."""
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "docs" / "aws.md").read_text(encoding="utf-8"), re.S)
     return [json.loads(b) for b in blocks if '"Principal"' in b]
 
 
@@ -104,7 +104,7 @@ MULTIPART = (
 
 @pytest.mark.parametrize(
     "policy",
-    [iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET}), *readme_bucket_policies()],
+    [iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET}), *documented_bucket_policies()],
     ids=lambda p: p["Statement"][0].get("Sid", "?"),
 )
 def test_recommended_bucket_policies_let_multipart_uploads_through(policy):
