@@ -12,7 +12,7 @@ one per line or a JSON list). The run removes:
 rewrites the runs' reports and manifests, and records the erasure in
 `$ORCHARD_LAKE/erasures/<time>.json` with SHA-256 digests and row counts, never the image or its
 name. The source folder is not touched: remove the images there too, or the next upload brings
-them back. Same as `python -m orchard.forget --dataset DATASET PATH ...`.
+them back. Same as `python -m orchard forget --dataset DATASET PATH ...`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 # orchard_source_watch
 
 Exists only with `ORCHARD_SCHEDULE=asset`. Every `ORCHARD_WATCH_SCHEDULE` (default: every 10
-minutes) it fingerprints the source folder (files, bytes, newest change, a digest of the listing)
+minutes) it fingerprints the source, a folder or an s3:// prefix (files, bytes, a digest of the
+listing by size and modification time or ETag)
 and compares it with the fingerprint it stored last time in `$ORCHARD_LAKE/state/source_watch.json`.
 
 - changed (or first look): the task succeeds and updates the asset `orchard_source_images`, which
@@ -16,8 +17,7 @@ from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from orchard.config import Settings
-from orchard.tasks.watch import detect_new_images as detect_change
-from orchard.tasks.watch import source_asset
+from orchard.tasks import watch
 
 settings = Settings.from_env()
 
@@ -32,12 +32,12 @@ if settings.schedule.lower() == "asset":
         default_args={"retries": 0},
     ):
 
-        @task(multiple_outputs=True, outlets=[source_asset(settings)])
+        @task(multiple_outputs=True, outlets=[watch.source_asset(settings)])
         def detect_new_images() -> dict:
-            """Succeed (and update the asset) only when the source folder changed."""
-            changed = detect_change(settings)
+            """Succeed (and update the asset) only when the source changed."""
+            changed = watch.detect_new_images(settings)
             if changed is None:
-                raise AirflowSkipException("source folder unchanged since the last look")
+                raise AirflowSkipException("source unchanged since the last look")
             return changed
 
         detect_new_images()

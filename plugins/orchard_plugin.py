@@ -34,6 +34,7 @@ class OrchardPlugin(AirflowPlugin):
     @functools.cached_property
     def fastapi_apps(self) -> list[Any]:  # type: ignore[override]
         """The report app, mounted by the api-server under /orchard."""
-        from orchard.report.app import create_app
+        # Deferred: the api-server only (docstring).
+        from orchard.report.app import create_app  # ruff: ignore[import-outside-top-level]
 
         return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Orchard report"}]

@@ -7,7 +7,7 @@
 those paths below --images, and every listed path ends in the features or the quarantine. Without
 it, the input is every file Spark lists below --images.
 
---model names the run's model document (written by `orchard.inference.prepare_model`): the
+--model names the run's model document (written by `orchard.model_cache.prepare_model`): the
 ONNX model's URI and SHA-256 and the account of its weights. The step never imports TensorFlow.
 """
 

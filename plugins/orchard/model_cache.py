@@ -117,9 +117,9 @@ def prepare_model(lake: Lake, models_root: str, spec: str, fallback: str) -> dic
     Returns the model's URI and SHA-256, the weights account (requested, used, meaningful,
     warnings) for the run manifest, and whether this call converted it.
     """
-    # Deferred: orchard_jobs brings numpy, Pillow and pillow-heif, which parsing the DAG does not need.
-    from orchard_jobs.engine import model_digest
-    from orchard_jobs.model import (
+    # orchard_jobs brings Pillow and pillow-heif, which parsing the DAG does not need.
+    from orchard_jobs.engine import model_digest  # ruff: ignore[import-outside-top-level]
+    from orchard_jobs.model import (  # ruff: ignore[import-outside-top-level]
         DEFAULT_SEED,
         imagenet_failure_message,
         imagenet_fallback_message,

@@ -1,10 +1,9 @@
 """The featurization engine of the Spark workers: MobileNetV2 as an ONNX model run by ONNX Runtime.
 
 Workers never import TensorFlow: the Keras model is converted to ONNX once per weights, on the
-Airflow side (`orchard.inference`), and shipped to the workers as bytes. Measured on this kind of
-machine (bench/, BENCHMARKS.md): ONNX Runtime runs MobileNetV2 ~2x faster than TensorFlow on the same
-cores, opens a session in ~0.05 s instead of a ~3 s TensorFlow import plus a model build and trace,
-and agrees with Keras to ~5e-7 of the features' scale.
+Airflow side (`orchard.model_cache`), and shipped to the workers as bytes. ONNX Runtime is faster
+than TensorFlow on the same cores, opens a session without TensorFlow's import and trace, and
+agrees with Keras to ~5e-7 of the features' scale (docs/performance.md, "Inference engine").
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ FEATURE_DIM = 1280
 # Names of the converted graph's input (uint8 RGB, any batch length) and output (1280 floats).
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
-# Images per engine call: one. A single image's activations stay in the core's caches; measured on
-# this machine (AMD EPYC, seeded MobileNetV2, same outputs bit for bit at every size), one thread:
-# 230 img/s at 1, 157 at 16, 152 at 64; two one-thread processes with decoding: 410 img/s at 1 or 2,
-# 350 at 4, 273 at 16. It also keeps a worker's activations at a few MB instead of ~0.3 GiB at 16.
+# Images per engine call: one. A single image's activations stay in the core's caches: faster than
+# batches of 16 or 64 (same outputs bit for bit), and a worker's activations stay at a few MB
+# (docs/performance.md, "Inference engine").
 INFER_BATCH = 1
 
 

@@ -21,6 +21,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from orchard_jobs import hadoop_files
+from orchard_jobs.engine import OnnxFeaturizer, model_digest
 from orchard_jobs.images import UNLABELLED, UndecodableImage, decode_image, label_for, relative_path
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,7 @@ CACHE_TYPE = T.StructType(
     ]
 )
 
-QUARANTINE_TYPE = T.StructType(
-    [T.StructField(name, T.StringType(), True) for name in ("path", "label", "reason")]
-)
-
-# A run's input listing, made by its upload (orchard.storage): every file the source held, by path
+# A run's input listing, made by its upload (orchard.storage.sync): every file the source held, by path
 # relative to the images folder, with its size and SHA-256, or the reason it cannot be an input
 # (a name that cannot be represented, a broken link, an unreadable file...). The featurize step
 # reads exactly these paths, and every row ends in the features or the quarantine.
@@ -82,8 +80,6 @@ IMAGES_PER_TASK = 1000
 
 def featurizer_for(model: Any, digest: str, threads: int = 0) -> tuple[Any, bool]:
     """The process-wide featurizer for a model (a broadcast or bytes), and whether this call built it."""
-    from orchard_jobs.engine import OnnxFeaturizer
-
     if digest in _FEATURIZERS:
         return _FEATURIZERS[digest], False
     data = model.value if hasattr(model, "value") else model
@@ -273,8 +269,6 @@ def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -
     per Python worker (0: all cores). With one worker per task slot, one thread each keeps the
     cores busy without oversubscribing them, and a worker's decoding overlaps the others' inference.
     """
-    from orchard_jobs.engine import model_digest
-
     digest = model_digest(model.value if hasattr(model, "value") else model)
 
     @F.pandas_udf(RESULT_TYPE)
@@ -323,8 +317,6 @@ def cache_uri(cache_root: str, digest: str) -> str:
 
 def read_cache(spark: SparkSession, uri: str) -> DataFrame | None:
     """The cached (sha256, features) rows, one per content; None when nothing is cached yet."""
-    from orchard_jobs import hadoop_files
-
     if not hadoop_files.exists(spark, uri):
         return None
     return spark.read.schema(CACHE_TYPE).parquet(uri).dropDuplicates(["sha256"])

@@ -1,6 +1,6 @@
 """Small files through Hadoop's FileSystem (file:, s3: on EMR, s3a:): the Spark steps' view of the lake.
 
-The Airflow side reaches the same files through orchard.lake; the steps cannot import it (they ship
+The Airflow side reaches the same files through orchard.storage.lake; the steps cannot import it (they ship
 alone to the cluster) and need Hadoop's own paths and credentials anyway.
 """
 
@@ -33,8 +33,8 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
 def read_bytes(spark: SparkSession, uri: str) -> bytes:
     """The whole content of one file at `uri` (a model: megabytes, not data sets).
 
-    Hadoop copies it to a local temporary file that Python reads: returning the bytes through py4j
-    took 0.43-0.68 s for the 8.8 MB model, the copy 0.02-0.10 s (bench/, BENCHMARKS.md).
+    Hadoop copies it to a local temporary file that Python reads: far quicker than returning the
+    bytes through py4j (docs/performance.md, "Featurize step").
     """
     path, fs = _path_and_fs(spark, uri)
     jvm: Any = spark.sparkContext._jvm  # py4j's gateway: untyped

@@ -237,7 +237,7 @@ if __name__ == "__main__":  # python -m orchard_jobs.model SPEC FALLBACK OUT_DIR
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     convert(*sys.argv[1:4])
     # Both files are written and closed: leave without the interpreter's teardown, where
-    # TensorFlow's thread pools and finalizers took ~1 s of a ~7.6 s conversion (BENCHMARKS.md).
+    # TensorFlow's thread pools and finalizers take about a second (docs/performance.md).
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

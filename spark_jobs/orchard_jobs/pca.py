@@ -3,15 +3,14 @@
 Each partition reduces its rows to (count, mean, centred cross-product XᵀX) with numpy (BLAS-3 on
 blocks of rows, float64); a tree aggregate (`moments`) merges the partitions (Chan et al.'s pairwise update,
 stable even when the mean is far from zero); the driver diagonalises the 1280x1280 covariance.
-Measured in bench/ (R6) against numpy on one matrix, and equal to scikit-learn's PCA up to sign.
+Equal to scikit-learn's PCA up to sign (tests); its speed is in docs/performance.md, "PCA step".
 The fitted model is saved as a pyspark.ml PipelineModel (centring + PCAModel), so Spark can load
 it and project new features.
 
 The features Parquet reaches the Python workers as its files' bytes (Spark's binaryFile source,
 so every file system Spark reads works alike), and pyarrow decodes them there: Spark's own Parquet
 scan hands an `array<float>` column to Python value by value (ColumnarToRow, then ArrowWriter),
-which cost the JVM ~0.15 ms per row, ~0.6-0.8 s of a 4,000-row partition, where shipping the
-files' bytes took ~0.1 s (bench/ R6 probes, 8,000 x 1,280).
+several times slower than shipping the files' bytes (docs/performance.md, "PCA step").
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def test_spark_step_is_a_client_mode_spark_submit_sized_from_the_bench():
     confs = dict(a.split("=", 1) for a in args[args.index("--conf") : -3] if a != "--conf")
     assert confs["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
-    # One Python worker per core with one engine thread each (BENCHMARKS.md).
+    # One Python worker per core with one engine thread each (docs/performance.md, "On EMR").
     assert (confs["spark.executor.cores"], confs["spark.task.cpus"]) == ("4", "1")
     # The preloading daemon is local only: executors get the jobs' modules per task (--py-files).
     assert "spark.python.daemon.module" not in confs

@@ -19,6 +19,7 @@ import pytest
 
 from orchard.clients import s3_access
 from orchard.storage.lake import LAKE_FORMAT, Lake
+from orchard.tasks.watch import detect_change, source_fingerprint
 
 REGION = "eu-west-1"
 BUCKET = "orchard-lake"
@@ -217,3 +218,27 @@ def test_the_lake_records_its_layout_version_and_refuses_another(lake):
     store.write_json(f"{root}/lake.json", {"kind": "something else"})
     with pytest.raises(ValueError, match="is not a lake format record"):
         store.check_format(root)
+
+
+def test_a_source_on_s3_is_watched_by_its_objects(lake):
+    """The source watch's fingerprint follows an s3:// prefix's objects (size and ETag)."""
+    store, root = lake
+    source = "s3://uploads/app/"
+    if not root.startswith("s3://"):
+        with pytest.raises(ValueError, match="needs a lake on S3"):
+            source_fingerprint(source, store)
+        return
+    client = store._s3
+    assert client is not None
+    region = client.meta.region_name
+    client.create_bucket(Bucket="uploads", CreateBucketConfiguration={"LocationConstraint": region})
+    client.put_object(Bucket="uploads", Key="app/Kiwi/a.jpg", Body=b"a" * 10)
+    client.put_object(Bucket="uploads", Key="app/_tmp/x.jpg", Body=b"x")  # hidden: never an input
+    first = source_fingerprint(source, store)
+    assert (first["files"], first["bytes"]) == (1, 10)
+    assert source_fingerprint(source, store) == first
+    client.put_object(Bucket="uploads", Key="app/Kiwi/a.jpg", Body=b"b" * 10)  # same size, new bytes
+    assert source_fingerprint(source, store) != first
+    state = f"{root}/state/source_watch.json"
+    assert detect_change(store, state, source)["files"] == 1
+    assert detect_change(store, state, source) is None

@@ -56,3 +56,8 @@ def test_detect_change_reports_once_per_change(tmp_path):
     (source / "b.jpg").write_bytes(b"b")
     assert detect_change(lake, state, source)["files"] == 2
     assert detect_change(lake, state, source) is None
+
+
+def test_the_asset_of_an_s3_source_names_its_prefix(settings):
+    asset = dag_schedule(settings.model_copy(update={"schedule": "asset", "default_source": "s3://up/app/"}))
+    assert asset.uri == "s3://up/app"

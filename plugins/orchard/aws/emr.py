@@ -118,7 +118,7 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
     return props
 
 
-# Executor sizing (figures: docs/performance.md, "EMR executors"). One Python worker per task slot
+# Executor sizing (figures: docs/performance.md, "On EMR"). One Python worker per task slot
 # with ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
 # oversubscribed. WORKER_PEAK_GIB bounds a worker (an ONNX Runtime session and one image's
 # activations). The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB

@@ -78,9 +78,10 @@ def _run(work: Path) -> RunLayout:
 
 def run_steps(work: Path) -> None:
     """Both steps on `work`'s images in one Spark application (the archive's class list)."""
-    import featurize  # in spark-submit only: spark_jobs is on its PYTHONPATH
-    import pca
-    from pyspark.sql import SparkSession
+    # In spark-submit only: spark_jobs is on its PYTHONPATH there.
+    import featurize  # ruff: ignore[import-outside-top-level]
+    import pca  # ruff: ignore[import-outside-top-level]
+    from pyspark.sql import SparkSession  # ruff: ignore[import-outside-top-level]
 
     spark = SparkSession.builder.appName("orchard-jvm-archive").getOrCreate()
     paths = steps.StepPaths.of(_run(work))

@@ -9,6 +9,7 @@ SQLite with the LocalExecutor, each in its own process group, and a REST client 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -188,8 +189,6 @@ def stop_process_groups(procs: list[subprocess.Popen]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`make ui`: the services on the embedded default until Ctrl-C; prints the URL and the login."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         description="Airflow's UI on the embedded default (SQLite, the lake folder)"
     )

@@ -35,11 +35,7 @@ def scree_png(ratios: Sequence[float], k: int, target: float | None) -> bytes:
 
 def scree_figure(ratios: Sequence[float], k: int, target: float | None) -> Any:
     """The scree plot as a matplotlib figure (closed by `_png`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    plt = _pyplot()
 
     shown = max(min(len(ratios), max(2 * k, 20), 100), 1)
     shown_ratios = np.asarray(ratios[:shown], dtype=float)
@@ -47,7 +43,7 @@ def scree_figure(ratios: Sequence[float], k: int, target: float | None) -> Any:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     ax.bar(components, shown_ratios * 100, color="#4c72b0", label="explained by the component")
     ax.set_xlabel("principal component")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_ylabel("explained variance (%)")
     cumulative = ax.twinx()
     cumulative.plot(components, np.cumsum(shown_ratios) * 100, color="#dd8452", marker=".", label="cumulated")
@@ -92,10 +88,7 @@ def scree_figure(ratios: Sequence[float], k: int, target: float | None) -> Any:
 
 def scatter_png(pc1: npt.ArrayLike, pc2: npt.ArrayLike, labels: Sequence[str]) -> bytes:
     """PC1 against PC2, one colour per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = _pyplot()
 
     x, y, names = np.asarray(pc1), np.asarray(pc2), np.asarray(labels, dtype=object)
     classes = sorted(set(names))
@@ -123,9 +116,19 @@ def scatter_png(pc1: npt.ArrayLike, pc2: npt.ArrayLike, labels: Sequence[str]) -
     return _png(fig)
 
 
-def _png(fig: Any) -> bytes:
-    from matplotlib import pyplot as plt
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (the Agg backend)."""
+    # Deferred: ~0.5 s to import, for the report task alone, not each time a DAG is parsed.
+    import matplotlib  # ruff: ignore[import-outside-top-level]
 
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # ruff: ignore[import-outside-top-level]
+
+    return pyplot
+
+
+def _png(fig: Any) -> bytes:
+    plt = _pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -197,7 +200,7 @@ def _lifetime(emr: Mapping[str, Any]) -> str:
 
 
 def cluster_rows(emr: Mapping[str, Any]) -> dict[str, Any]:
-    """The cluster section: what `orchard.emr.cluster_cost` found, the cost labelled an estimate."""
+    """The cluster section: what `orchard.aws.emr.cluster_cost` found, the cost labelled an estimate."""
     instances = ", ".join(
         f"{group['count']} x {group['type']} ({group['role'].lower()}, {_market(group['market'])})"
         for group in emr.get("instances", [])

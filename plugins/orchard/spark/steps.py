@@ -157,7 +157,7 @@ def local_java_options(settings: Settings) -> str:
     C1 only: C2's compiler threads compete with the Python workers for the cores, and a step ends
     before C2's code pays off. The serial collector, kept 20-40 % free: its heap follows the live
     data, where G1's grew towards its bound. With the class archive (orchard.dev.jvm_archive) the
-    classes Spark loads at every start are mapped, not loaded. Figures: docs/performance.md, "Local JVM".
+    classes Spark loads at every start are mapped, not loaded. Figures: docs/performance.md, "Local steps".
     """
     options = [LOCAL_JVM]
     archive = settings.spark_class_archive

@@ -17,16 +17,18 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fsspec.implementations.local import LocalFileSystem
 
 from orchard import clients
 from orchard.config import Settings
 from orchard.layout import LakeLayout
 from orchard.storage import s3
-from orchard.storage.files import check_source, is_hidden, replaced_atomically
+from orchard.storage.files import check_source, is_hidden, list_source, replaced_atomically
 from orchard.storage.sync import SyncReport, sync_folder
 from orchard.uris import local_path, on_s3, source_location, split_uri
 
@@ -54,8 +56,6 @@ class Lake:
     @classmethod
     def local(cls) -> Lake:
         """A lake in a local folder (file:// URIs)."""
-        from fsspec.implementations.local import LocalFileSystem
-
         return cls(LocalFileSystem())
 
     @property
@@ -122,7 +122,8 @@ class Lake:
 
     def read_parquet(self, uri: str) -> pd.DataFrame:
         """A Parquet folder (Spark's output; its `_SUCCESS` and `.crc` files skipped) as pandas."""
-        import pandas as pd
+        # Deferred: pandas takes ~0.45 s to import, for the report alone, not each time a DAG is parsed.
+        import pandas as pd  # ruff: ignore[import-outside-top-level]
 
         folder = uri.rstrip("/")
         parts = [
@@ -186,6 +187,26 @@ class Lake:
                 f"reads version {LAKE_FORMAT}: use the matching Orchard, or a new ORCHARD_LAKE"
             )
         return found
+
+    def source_listing(self, source: str) -> Iterator[tuple[str, int, str]]:
+        """(relative path, size, version) of every file of a source that can be an input.
+
+        The version is what changes with the content without reading it: a file's modification
+        time (ns), an object's ETag. A source on S3 needs a lake on S3.
+        """
+        location = source_location(source)
+        if on_s3(location):
+            if self._s3 is None:
+                raise ValueError(f"source {source!r} is on S3; it needs a lake on S3 (ORCHARD_LAKE=s3://...)")
+            for rel, problem, size, etag in s3.walk_s3(self._s3, location):
+                if problem is None and not is_hidden(rel):
+                    yield rel, size, etag
+            return
+        folder = Path(location)
+        for rel in list_source(folder):
+            if not is_hidden(rel):
+                info = (folder / rel).stat()
+                yield rel, info.st_size, str(info.st_mtime_ns)
 
     def mirror(self, source: str, images_uri: str, limit: int | None = None) -> tuple[str, SyncReport]:
         """Mirror `source` (a folder, or an s3:// prefix on an S3 lake) below `images_uri`.

@@ -2,7 +2,7 @@
 
 ORCHARD_SCHEDULE=@daily (default) | any cron expression or preset | none | asset
 
-With `asset`, the small DAG `orchard_source_watch` looks at the source folder every
+With `asset`, the small DAG `orchard_source_watch` looks at the source (a folder or an s3:// prefix) every
 ORCHARD_WATCH_SCHEDULE (default every 10 minutes) and updates the source asset only when the
 folder changed since the last look; fruits_pipeline is scheduled on that asset.
 """
@@ -10,7 +10,6 @@ folder changed since the last look; fruits_pipeline is scheduled on that asset.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,17 @@ from airflow.sdk import Asset
 
 from orchard.config import Settings
 from orchard.layout import LakeLayout
-from orchard.storage.files import is_hidden, list_source
 from orchard.storage.lake import Lake, airflow_lake
+from orchard.uris import on_s3, source_location
 
 ASSET_NAME = "orchard_source_images"
 NO_SCHEDULE = {"", "none", "null", "manual"}
 
 
 def source_asset(settings: Settings) -> Asset:
-    """The asset standing for the images in the default source folder."""
-    return Asset(name=ASSET_NAME, uri=Path(settings.default_source).resolve().as_uri())
+    """The asset standing for the images of the default source: a folder, or an s3:// prefix."""
+    source = source_location(settings.default_source)
+    return Asset(name=ASSET_NAME, uri=source if on_s3(source) else Path(source).as_uri())
 
 
 def dag_schedule(settings: Settings) -> Any:
@@ -40,25 +40,24 @@ def dag_schedule(settings: Settings) -> Any:
     return value
 
 
-def source_fingerprint(source: Path) -> dict[str, Any]:
-    """What changes when images land, change or go: count, bytes, newest mtime, digest of the listing."""
+def source_fingerprint(source: str | Path, lake: Lake | None = None) -> dict[str, Any]:
+    """What changes when images land, change or go: count, bytes, and a digest of the listing.
+
+    A folder's files by size and modification time; an s3:// prefix's objects (through `lake`,
+    which must be on S3) by size and ETag. Hidden names never count: they are never inputs.
+    """
     digest = hashlib.sha256()
     files = size = 0
-    newest = 0.0
-    for rel in list_source(source):
-        if is_hidden(rel):
-            continue
-        stat = os.stat(source / rel)
+    for rel, length, version in (lake or Lake.local()).source_listing(str(source)):
         files += 1
-        size += stat.st_size
-        newest = max(newest, stat.st_mtime)
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return {"files": files, "bytes": size, "newest_mtime": newest, "listing_sha256": digest.hexdigest()}
+        size += length
+        digest.update(f"{rel}\0{length}\0{version}\n".encode())
+    return {"files": files, "bytes": size, "listing_sha256": digest.hexdigest()}
 
 
-def detect_change(lake: Lake, state_uri: str, source: Path) -> dict[str, Any] | None:
+def detect_change(lake: Lake, state_uri: str, source: str | Path) -> dict[str, Any] | None:
     """The source's fingerprint if it differs from the one stored at `state_uri` (then stored), else None."""
-    current = source_fingerprint(source)
+    current = source_fingerprint(source, lake)
     try:
         previous = lake.read_json(state_uri)
     except FileNotFoundError:  # the lake raises it on every backend
@@ -72,4 +71,4 @@ def detect_change(lake: Lake, state_uri: str, source: Path) -> dict[str, Any] | 
 def detect_new_images(settings: Settings) -> dict[str, Any] | None:
     """orchard_source_watch's task: the source folder's new fingerprint when it changed, else None."""
     lake = airflow_lake(settings)
-    return detect_change(lake, LakeLayout(settings.lake).watch_state, Path(settings.default_source))
+    return detect_change(lake, LakeLayout(settings.lake).watch_state, settings.default_source)
