@@ -6,11 +6,12 @@ profile or instance role. S3 clients (boto3's and s3fs's) share one set of crede
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
+
+from orchard.config import Encryption
 
 if TYPE_CHECKING:
     from s3fs import S3FileSystem
@@ -23,7 +24,7 @@ RETRIES: dict[str, Any] = {"retries": {"mode": "standard", "total_max_attempts":
 
 def s3_access(
     region: str | None,
-    encryption: Mapping[str, str],
+    encryption: Encryption,
     *,
     conn_id: str | None = None,
     endpoint_url: str | None = None,

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypedDict, get_args
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
@@ -31,6 +31,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Target = Literal["local", "emr"]
 TARGETS: tuple[str, ...] = get_args(Target)
 PREFIX = "ORCHARD_"
+
+
+class Encryption(TypedDict, total=False):
+    """The server-side encryption arguments of an S3 write (PutObject, CopyObject, multipart)."""
+
+    ServerSideEncryption: Literal["AES256", "aws:kms"]
+    SSEKMSKeyId: str
 
 
 class Settings(BaseSettings):
@@ -205,7 +212,7 @@ class Settings(BaseSettings):
         return self.lake
 
     @property
-    def encryption(self) -> dict[str, str]:
+    def encryption(self) -> Encryption:
         """ExtraArgs of every S3 write: SSE-KMS with the configured key, else SSE-S3."""
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}

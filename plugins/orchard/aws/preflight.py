@@ -12,13 +12,21 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from orchard import clients
 from orchard.config import Settings
 from orchard.uris import split_uri
+
+if TYPE_CHECKING:
+    from types_boto3_ec2 import EC2Client
+    from types_boto3_emr import EMRClient
+    from types_boto3_emr.type_defs import SupportedInstanceTypeTypeDef
+    from types_boto3_iam import IAMClient
+    from types_boto3_kms import KMSClient
+    from types_boto3_s3 import S3Client
 
 KMS_NODE_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 
@@ -69,7 +77,7 @@ def key_policy_allows(policy: Mapping[str, Any], principal_arn: str, actions: It
     return all(allows(a) for a in actions)
 
 
-def check_lake(s3: Any, settings: Settings) -> list[Check]:
+def check_lake(s3: S3Client, settings: Settings) -> list[Check]:
     """The bucket answers a listing of the lake prefix with these credentials; its default encryption."""
     bucket, prefix = split_uri(settings.lake)
     setting = f"ORCHARD_LAKE={settings.lake}"
@@ -118,7 +126,7 @@ def check_lake(s3: Any, settings: Settings) -> list[Check]:
     return checks
 
 
-def check_roles(iam: Any, settings: Settings) -> tuple[list[Check], str | None]:
+def check_roles(iam: IAMClient, settings: Settings) -> tuple[list[Check], str | None]:
     """The service role and the instance profile exist; returns the profile's role ARN too."""
     checks = []
     role_setting = f"ORCHARD_EMR_SERVICE_ROLE={settings.emr_service_role}"
@@ -156,25 +164,29 @@ def check_roles(iam: Any, settings: Settings) -> tuple[list[Check], str | None]:
     return checks, role_arn
 
 
-def supported_instance_types(emr: Any, release: str) -> dict[str, dict[str, Any]]:
+def supported_instance_types(emr: EMRClient, release: str) -> dict[str, SupportedInstanceTypeTypeDef]:
     """Instance type -> EMR's description of it (Architecture among others), for one release."""
-    types, token = {}, None
+    types: dict[str, SupportedInstanceTypeTypeDef] = {}
+    token = None
     while True:
-        kwargs = {"ReleaseLabel": release, **({"Marker": token} if token else {})}
-        page = emr.list_supported_instance_types(**kwargs)
+        page = (
+            emr.list_supported_instance_types(ReleaseLabel=release, Marker=token)
+            if token
+            else emr.list_supported_instance_types(ReleaseLabel=release)
+        )
         types.update({t["Type"]: t for t in page.get("SupportedInstanceTypes", [])})
         token = page.get("Marker")
         if not token:
             return types
 
 
-def check_release_and_instance(emr: Any, settings: Settings, instance_type: str) -> list[Check]:
+def check_release_and_instance(emr: EMRClient, settings: Settings, instance_type: str) -> list[Check]:
     """The release exists in the region; the instance type is supported by it."""
     release = settings.emr_release
     setting = f"ORCHARD_EMR_RELEASE={release}"
     labels, token = [], None
     while True:
-        page = emr.list_release_labels(**({"NextToken": token} if token else {}))
+        page = emr.list_release_labels(NextToken=token) if token else emr.list_release_labels()
         labels += page.get("ReleaseLabels", [])
         token = page.get("NextToken")
         if not token:
@@ -205,7 +217,7 @@ def check_release_and_instance(emr: Any, settings: Settings, instance_type: str)
     return checks
 
 
-def check_subnet(ec2: Any, settings: Settings) -> list[Check]:
+def check_subnet(ec2: EC2Client, settings: Settings) -> list[Check]:
     """The subnet exists, when one is set."""
     if not settings.emr_subnet_id:
         return []
@@ -231,7 +243,7 @@ def check_subnet(ec2: Any, settings: Settings) -> list[Check]:
     ]
 
 
-def check_kms(kms: Any, settings: Settings, node_role_arn: str | None) -> list[Check]:
+def check_kms(kms: KMSClient, settings: Settings, node_role_arn: str | None) -> list[Check]:
     """The key exists, is enabled for encryption, and lets the cluster's nodes use it."""
     if not settings.kms_key_id:
         return []
@@ -256,7 +268,7 @@ def check_kms(kms: Any, settings: Settings, node_role_arn: str | None) -> list[C
     return [*checks, _node_key_access(kms, setting, meta, node_role_arn)]
 
 
-def _node_key_access(kms: Any, setting: str, meta: Mapping[str, Any], node_role_arn: str) -> Check:
+def _node_key_access(kms: KMSClient, setting: str, meta: Mapping[str, Any], node_role_arn: str) -> Check:
     """Whether the key policy lets the nodes' role encrypt and decrypt (or leaves that to IAM)."""
     name = f"{setting} nodes"
     try:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.implementations.local import LocalFileSystem
 
 from orchard import clients
-from orchard.config import Settings
+from orchard.config import Encryption, Settings
 from orchard.layout import LakeLayout
 from orchard.storage import s3
 from orchard.storage.files import check_source, is_hidden, list_source, replaced_atomically
@@ -51,7 +51,7 @@ class Lake:
 
     fs: AbstractFileSystem
     _s3: S3Client | None = None
-    encryption: Mapping[str, str] = field(default_factory=dict)
+    encryption: Encryption = field(default_factory=Encryption)
 
     @classmethod
     def local(cls) -> Lake:

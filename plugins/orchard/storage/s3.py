@@ -15,12 +15,19 @@ from typing import TYPE_CHECKING, Any
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from orchard.config import Encryption
 from orchard.storage.files import check_source, file_sha256, is_hidden, name_problem, os_reason, walk_source
 from orchard.storage.sync import Outcome, SyncReport, sync_each
 from orchard.uris import split_uri
 
 if TYPE_CHECKING:
-    from types_boto3_s3.type_defs import HeadObjectOutputTypeDef
+    from types_boto3_s3 import S3Client
+    from types_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+        HeadObjectOutputTypeDef,
+        ObjectIdentifierTypeDef,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +37,7 @@ HEADER = "header"
 SHA256_META = "sha256"
 
 
-def check_bucket(client: Any, bucket: str, prefix: str = "") -> None:
+def check_bucket(client: S3Client, bucket: str, prefix: str = "") -> None:
     """Fail with a clear message when the bucket is missing or not ours to use.
 
     Lists the prefix (one key) rather than HeadBucket: HeadBucket is authorized as s3:ListBucket
@@ -49,7 +56,7 @@ def check_bucket(client: Any, bucket: str, prefix: str = "") -> None:
         raise
 
 
-def existing_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
+def existing_sizes(client: S3Client, bucket: str, prefix: str) -> dict[str, int]:
     """Relative key -> size of the objects under a prefix (one listing, 1,000 keys a page)."""
     sizes = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
@@ -61,8 +68,8 @@ def existing_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
 def sync_to_s3(
     source: Path,
     dest_uri: str,
-    client: Any,
-    encryption: Mapping[str, str],
+    client: S3Client,
+    encryption: Encryption,
     limit: int | None = None,
     workers: int = 16,
 ) -> SyncReport:
@@ -100,13 +107,17 @@ def sync_to_s3(
     )
 
 
-def _deleter(client: Any, bucket: str, prefix: str, sizes: Mapping[str, int]) -> Callable[[set[str]], int]:
+def _deleter(
+    client: S3Client, bucket: str, prefix: str, sizes: Mapping[str, int]
+) -> Callable[[set[str]], int]:
     """delete(kept) for sync_each: removes the objects under `prefix` whose relative key is not kept."""
 
     def delete(kept: set[str]) -> int:
         gone = sorted(rel for rel in sizes if rel not in kept)
         for start in range(0, len(gone), 1000):  # DeleteObjects takes up to 1,000 keys
-            batch = [{"Key": f"{prefix}/{rel}"} for rel in gone[start : start + 1000]]
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": f"{prefix}/{rel}"} for rel in gone[start : start + 1000]
+            ]
             result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
             if result.get("Errors"):
                 raise OSError(f"could not delete {len(result['Errors'])} objects: {result['Errors'][:3]}")
@@ -121,7 +132,7 @@ COPY_THRESHOLD = 5 * 1024**3
 SOURCE_ETAG_META = "source-etag"
 
 
-def walk_s3(client: Any, uri: str) -> Iterator[tuple[str, str | None, int, str]]:
+def walk_s3(client: S3Client, uri: str) -> Iterator[tuple[str, str | None, int, str]]:
     """(relative key, problem or None, size, ETag) of every object below an s3:// prefix, in key order.
 
     "Folder" marker objects (keys ending in '/') are not files and are left out.
@@ -135,7 +146,7 @@ def walk_s3(client: Any, uri: str) -> Iterator[tuple[str, str | None, int, str]]
                 yield rel, name_problem(rel), obj["Size"], obj["ETag"]
 
 
-def check_s3_source(client: Any, uri: str) -> None:
+def check_s3_source(client: S3Client, uri: str) -> None:
     """Fail early, with the URI in the message, when an s3:// source cannot feed a run."""
     bucket, prefix = split_uri(uri)
     check_bucket(client, bucket, prefix)
@@ -146,8 +157,8 @@ def check_s3_source(client: Any, uri: str) -> None:
 def sync_s3_to_s3(
     source_uri: str,
     dest_uri: str,
-    client: Any,
-    encryption: Mapping[str, str],
+    client: S3Client,
+    encryption: Encryption,
     limit: int | None = None,
     workers: int = 16,
     copy_threshold: int = COPY_THRESHOLD,
@@ -174,7 +185,10 @@ def sync_s3_to_s3(
     def one(rel: str) -> Outcome:
         size, etag = objects[rel]
         key = f"{prefix}/{rel}"
-        source = {"Bucket": src_bucket, "Key": f"{src_prefix}/{rel}" if src_prefix else rel}
+        source: CopySourceTypeDef = {
+            "Bucket": src_bucket,
+            "Key": f"{src_prefix}/{rel}" if src_prefix else rel,
+        }
         try:
             if sizes.get(rel) == size:
                 head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
@@ -253,7 +267,7 @@ def merge_stats(part_files: int, size: int, upload_parts: int = 0) -> dict[str, 
 
 
 def assemble_csv(
-    client: Any, header: Iterable[str], parts_uri: str, dest_uri: str, encryption: Mapping[str, str]
+    client: S3Client, header: Iterable[str], parts_uri: str, dest_uri: str, encryption: Encryption
 ) -> dict[str, int]:
     """One CSV object: header + the part files in name order, copied inside S3 where they are large.
 
@@ -275,18 +289,15 @@ def assemble_csv(
     )
     stats = merge_stats(len(objects), len(header_bytes) + sum(size for _, size in objects), len(plan))
     try:
-        done = []
+        done: list[CompletedPartTypeDef] = []
         for number, (kind, what) in enumerate(plan, start=1):
-            common = {
-                "Bucket": dest_bucket,
-                "Key": dest_key,
-                "UploadId": upload["UploadId"],
-                "PartNumber": number,
-            }
             if kind == "copy":
                 key, start, end = what
                 result = client.upload_part_copy(
-                    **common,
+                    Bucket=dest_bucket,
+                    Key=dest_key,
+                    UploadId=upload["UploadId"],
+                    PartNumber=number,
                     CopySource={"Bucket": bucket, "Key": key},
                     CopySourceRange=f"bytes={start}-{end - 1}",
                 )
@@ -301,7 +312,13 @@ def assemble_csv(
                     ].read()
                     for key, start, end in what
                 )
-                etag = client.upload_part(**common, Body=body)["ETag"]
+                etag = client.upload_part(
+                    Bucket=dest_bucket,
+                    Key=dest_key,
+                    UploadId=upload["UploadId"],
+                    PartNumber=number,
+                    Body=body,
+                )["ETag"]
                 stats["bytes_sent"] += len(body)
             done.append({"PartNumber": number, "ETag": etag})
         client.complete_multipart_upload(
@@ -314,7 +331,7 @@ def assemble_csv(
 
 
 def upload_files(
-    client: Any, files: Mapping[str, Path], dest_uri: str, encryption: Mapping[str, str]
+    client: S3Client, files: Mapping[str, Path], dest_uri: str, encryption: Encryption
 ) -> dict[str, str]:
     """Upload named local files under a content-hashed prefix; returns name -> s3:// URI.
 
@@ -330,7 +347,7 @@ def upload_files(
     return uris
 
 
-def create_bucket(client: Any, bucket: str, region: str) -> bool:
+def create_bucket(client: S3Client, bucket: str, region: str) -> bool:
     """Create the lake bucket if it is not there yet; True when it was created."""
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":  # us-east-1 is the one region S3 refuses as a LocationConstraint
