@@ -16,6 +16,8 @@ R5  engine images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s
 R6  Spark PCA fit ÷ numpy covariance+eigh on the same matrix (and whether they agree)
 R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
 R8  throughput and peak memory at growing image counts
+R9  re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
+    modification time), the cost of one rule on every backend
 
 `--scale N` instead runs the real featurize and PCA steps on N generated images (make bench-scale).
 """
@@ -608,6 +610,8 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
     marginal = (scale[-1]["images"] - scale[0]["images"]) / (scale[-1]["wall_s"] - scale[0]["wall_s"])
     reps = len(s["raw_seconds"]["keras"])
     r1, r1b = paired(s["raw_seconds"], "keras", "spark"), paired(s["raw_seconds"], "engine", "spark")
+    r = results["sync"]
+    r9 = paired(r["raw_seconds"], "content", "rsync")
     return [
         (
             "R1 steady: Spark ÷ plain Keras throughput",
@@ -687,7 +691,52 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{[r['peak_python_workers_gib'] for r in scale]} GiB, one Python worker at most "
             f"{max(r['peak_python_worker_gib'] for r in scale)} GiB",
         ),
+        (
+            "R9: unchanged re-upload, content rule ÷ rsync's",
+            f"{median(r9):.2f}",
+            f"{r['images']} unchanged images re-synced: same size and SHA-256 (the sync's rule) "
+            f"{median(r['raw_seconds']['content']):.2f} s vs same size and mtime "
+            f"{median(r['raw_seconds']['rsync']):.2f} s, medians of {len(r9)}; {_pairs(r9)}",
+        ),
     ]
+
+
+def _rsync_copy(src: Path, dest: Path, size: int, digest: str) -> str:
+    """The yardstick of R9: unchanged means the same size and modification time (rsync's rule)."""
+    try:
+        info = dest.stat()
+    except FileNotFoundError:
+        info = None
+    if info is not None and info.st_size == size and int(info.st_mtime) == int(src.stat().st_mtime):
+        return "skipped"
+    shutil.copy2(src, dest)
+    return "uploaded"
+
+
+def unchanged_rule(source: Path, work: Path, reps: int = 5) -> dict:
+    """R9: the upload of a folder the lake already holds, with the sync's content rule and with rsync's.
+
+    Both hash every source file (the run's input listing needs its SHA-256); the content rule also
+    reads the lake's copy. Interleaved, rep by rep, each into its own copy of the lake.
+    """
+    from orchard.storage import sync
+
+    lakes = {"content": work / "r9-content", "rsync": work / "r9-rsync"}
+    for lake in lakes.values():
+        sync.sync_folder(source, lake)
+    content_copy = sync._copy
+    seconds: dict[str, list[float]] = {"content": [], "rsync": []}
+    for _ in range(reps):
+        for rule, lake in lakes.items():
+            sync._copy = content_copy if rule == "content" else _rsync_copy
+            try:
+                wall, report = timed(lambda lake=lake: sync.sync_folder(source, lake))
+            finally:
+                sync._copy = content_copy
+            assert report.uploaded == 0, report.as_dict()
+            seconds[rule].append(wall)
+    files = sum(1 for p in source.rglob("*") if p.is_file())
+    return {"images": files, "raw_seconds": seconds}
 
 
 def subset(paths: list[Path], root: Path, size: int, folder: Path) -> None:
@@ -816,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         results["dag"] = dag_run(settings, images, work / "dag")
         results["scaling"] = scaling(settings, work, sizes, work, model_doc)
         results["pca"] = pca_agreement(work / f"scale-{sizes[-1]}" / "features", k=50, reps=5)
+        results["sync"] = unchanged_rule(work / f"n{sizes[-1]}", work)
         results["total_s"] = round(time.perf_counter() - started, 1)
         print(report(results))
         print(f"\nbench total: {results['total_s']} s")
