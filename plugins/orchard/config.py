@@ -25,7 +25,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from orchard.layout import LakeLayout
-from orchard.uris import normalise_uri
+from orchard.uris import as_s3a, normalise_uri, on_s3
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Target = Literal["local", "emr"]
@@ -202,13 +202,13 @@ class Settings(BaseSettings):
     @property
     def lake_on_s3(self) -> bool:
         """Whether the lake is an S3 (or S3-compatible: the stack's SeaweedFS) prefix, not a folder."""
-        return self.lake.startswith("s3://")
+        return on_s3(self.lake)
 
     @property
     def spark_lake(self) -> str:
         """The lake as the Spark steps address it: EMR reads s3:// (EMRFS), local Spark needs s3a://."""
         if self.lake_on_s3 and self.target == "local":
-            return "s3a://" + self.lake[len("s3://") :]
+            return as_s3a(self.lake)
         return self.lake
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchard.storage.files import file_sha256, replaced_atomically
 from orchard.storage.lake import Lake
+from orchard.uris import local_path, on_s3
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def model_key(identity: str) -> str:
 
 def _fetch_weights(lake: Lake, spec: str, workdir: Path) -> str:
     """A local path for a weights spec that names a file in the lake's storage (s3://...)."""
-    if "://" not in spec or spec.startswith("file://"):
-        return spec.removeprefix("file://")
+    if not on_s3(spec):
+        return str(local_path(spec)) if spec.startswith("file:") else spec
     target = workdir / spec.rsplit("/", 1)[-1]
     target.write_bytes(lake.read_bytes(spec))
     return str(target)

@@ -21,6 +21,12 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key.rstrip("/")
 
 
+def as_s3a(uri: str) -> str:
+    """An s3:// URI as Hadoop's s3a connector (a local Spark) names it."""
+    bucket, key = split_uri(uri)
+    return f"s3a://{bucket}/{key}".rstrip("/")
+
+
 def local_path(uri: str) -> Path:
     """The filesystem path of a file:// URI (taken literally, as the lake URIs are)."""
     if not uri.startswith("file:"):
