@@ -6,16 +6,22 @@ profile or instance role. S3 clients (boto3's and s3fs's) share one set of crede
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import boto3
 from botocore.config import Config
 
-from orchard.config import Encryption
-
 if TYPE_CHECKING:
     from s3fs import S3FileSystem
     from types_boto3_s3 import S3Client
+
+
+class Encryption(TypedDict, total=False):
+    """The server-side encryption arguments of an S3 write (PutObject, CopyObject, multipart)."""
+
+    ServerSideEncryption: Literal["AES256", "aws:kms"]
+    SSEKMSKeyId: str
+
 
 # Transient S3 errors (500, 503 SlowDown, throttling, connection resets) are retried by botocore
 # with exponential backoff and jitter, up to 10 attempts per request: the boto3 client and s3fs alike.

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, TypedDict, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
@@ -27,17 +27,13 @@ from pydantic_settings.sources.utils import parse_env_vars
 from orchard.layout import LakeLayout
 from orchard.uris import as_s3a, normalise_uri, on_s3
 
+if TYPE_CHECKING:
+    from orchard.clients import Encryption
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Target = Literal["local", "emr"]
 TARGETS: tuple[str, ...] = get_args(Target)
 PREFIX = "ORCHARD_"
-
-
-class Encryption(TypedDict, total=False):
-    """The server-side encryption arguments of an S3 write (PutObject, CopyObject, multipart)."""
-
-    ServerSideEncryption: Literal["AES256", "aws:kms"]
-    SSEKMSKeyId: str
 
 
 class Settings(BaseSettings):

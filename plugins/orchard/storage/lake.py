@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from fsspec.implementations.local import LocalFileSystem
 
 from orchard import clients
-from orchard.config import Encryption, Settings
 from orchard.layout import LakeLayout
 from orchard.storage import s3
 from orchard.storage.files import check_source, is_hidden, list_source, replaced_atomically
@@ -36,6 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from fsspec import AbstractFileSystem
     from types_boto3_s3 import S3Client
+
+    from orchard.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Lake:
 
     fs: AbstractFileSystem
     _s3: S3Client | None = None
-    encryption: Encryption = field(default_factory=Encryption)
+    encryption: clients.Encryption = field(default_factory=clients.Encryption)
 
     @classmethod
     def local(cls) -> Lake:

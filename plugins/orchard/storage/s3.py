@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from orchard.config import Encryption
+from orchard.clients import Encryption
 from orchard.storage.files import check_source, file_sha256, is_hidden, name_problem, os_reason, walk_source
 from orchard.storage.sync import Outcome, SyncReport, sync_each
 from orchard.uris import split_uri
