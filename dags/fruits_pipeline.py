@@ -268,8 +268,9 @@ def emr_pipeline() -> None:
     wait_featurize = emr.ImageStepSensor(
         task_id="wait_featurize",
         step_id=emr.first_step_id("add_featurize_step"),
-        # Bootstrap and queueing, then 0.1 s per image: ~1/5 of the reference EMR run's rate
-        # (22,688 images in ~8 min on 2 core nodes), so a slow run is not cut short.
+        # Bootstrap and queueing, then 0.1 s per image: ~1/5 of the rate of an EMR run the project
+        # was seeded with (22,688 images in ~8 min on 2 core nodes; not measured here), so a slow
+        # run is not cut short.
         base_seconds=45 * 60,
         seconds_per_image=0.1,
         **waiting,

@@ -106,7 +106,10 @@ def test_wheelhouse_key_follows_the_requirements(tmp_path):
     a.write_text("numpy==2.4.6\n")
     b.write_text("numpy==2.4.5\n")
     assert artifacts.requirements_hash(a) != artifacts.requirements_hash(b)
-    assert artifacts.requirements_hash(a) == artifacts.requirements_hash(a)
+    same = tmp_path / "elsewhere" / "requirements.txt"
+    same.parent.mkdir()
+    same.write_text("numpy==2.4.6\n")
+    assert artifacts.requirements_hash(a) == artifacts.requirements_hash(same)  # the content, not the path
     assert sys.version_info[:2] == (3, 11)  # the wheelhouse is cp311 like the nodes (emr.NODE_PYTHON)
 
 

@@ -191,6 +191,7 @@ def test_large_objects_are_copied_in_parts_inside_s3(client):
     head = client.head_object(Bucket=BUCKET, Key="images/app/Apple/big.tif")
     assert head["ServerSideEncryption"] == "AES256"
     assert head["Metadata"][s3.SOURCE_ETAG_META]
+    assert head["ETag"].strip('"').endswith("-2")  # two UploadPartCopy parts, not one GET and PUT
     assert report.inputs == [Input("Apple/big.tif", len(big), None, None)]  # featurize hashes it
 
 

@@ -215,3 +215,27 @@ def test_csv_parts_merge_into_one_quoted_sorted_table(spark, tmp_path):
     for i, (path, label) in enumerate(names):
         assert by_path[path][1] == label
         assert [float(v) for v in by_path[path][2:]] == [float(i), -0.5 * i, 1e-12 * i]
+
+
+def test_tied_eigenvalues_give_scikit_learns_subspace(spark, tmp_path):
+    """With exactly equal variances the components of a pair are any rotation of each other: compare
+    the subspaces they span (principal angles), and the variances, not the vectors."""
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(3)
+    n = 60
+    scores = rng.normal(size=(n, 4))
+    scores -= scores.mean(axis=0)
+    scores = np.linalg.qr(scores)[0] * np.array([10.0, 10.0, 3.0, 3.0])  # two tied pairs
+    directions = np.linalg.qr(rng.normal(size=(D, 4)))[0]
+    x = (scores @ directions.T + rng.normal(4, 1, size=D)).astype(np.float32)
+    rows = [(f"c/img_{i:03d}.jpg", "c", row.tolist()) for i, row in enumerate(x)]
+    fitted = pca_ops.fit(spark, write_features(spark, rows, tmp_path / "features", 3))
+
+    reference = SkPCA(n_components=4, svd_solver="full").fit(x.astype(np.float64))
+    np.testing.assert_allclose(fitted.variances[:4], reference.explained_variance_, rtol=1e-5)
+    assert fitted.variances[0] == pytest.approx(fitted.variances[1], rel=1e-5)  # the tie is real
+    for pair in (slice(0, 2), slice(2, 4)):
+        got, expected = fitted.components[:, pair], reference.components_[pair].T
+        assert np.degrees(subspace_angles(got, expected)).max() < 0.01
+        assert np.degrees(subspace_angles(got, directions[:, pair])).max() < 0.01
