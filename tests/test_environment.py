@@ -64,3 +64,14 @@ def test_every_installed_package_runs_on_every_python_the_project_supports():
         if (requires := dist.metadata.get("Requires-Python")) and not SpecifierSet(requires).contains(lowest)
     }
     assert too_new == {}
+
+
+def test_under_ci_a_skip_fails_unless_it_cannot_run_on_such_a_machine():
+    from tests.conftest import fails_in_ci
+
+    ci = {"CI": "true"}
+    assert fails_in_ci("real Fruits-360 sample not present at ../shared", ci)
+    assert fails_in_ci("shellcheck is not installed", ci)
+    assert not fails_in_ci("Compose v2 is not installable here (no registry has it)", ci)
+    assert not fails_in_ci("runs in make test-spark35 (pyspark 3.5)", ci)
+    assert not fails_in_ci("shellcheck is not installed", {})  # a laptop may skip
