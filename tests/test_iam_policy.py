@@ -134,3 +134,32 @@ def test_parliament_finds_nothing_in_the_shipped_policies():
     for name, policy in (("airflow-iam-policy.json", POLICY), ("lake-bucket-policy.json", bucket_policy)):
         findings = analyze_policy_string(json.dumps(policy), include_community_auditors=False).findings
         assert [(f.issue, f.detail, f.location) for f in findings] == [], name
+
+
+def test_the_classic_deny_without_the_header_policy_refuses_multipart_uploads():
+    """What docs/aws.md warns against, evaluated: the multipart test above would catch such a policy."""
+    classic = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyUnencryptedObjectUploads",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{BUCKET}/*",
+                "Condition": {"Null": {"s3:x-amz-server-side-encryption": "true"}},
+            }
+        ],
+    }
+    refused = iam.refused(classic, iam.requests_for(MULTIPART), resource_policy=True)
+    # Only CreateMultipartUpload carries the encryption header; the parts and the completion cannot.
+    assert [r.split(":")[1].strip() for r in refused] == [
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+    ]
+
+
+def test_the_bucket_policy_docs_aws_md_shows_is_the_shipped_one():
+    shipped = json.loads(BUCKET_POLICY.read_text(encoding="utf-8"))
+    assert shipped in documented_bucket_policies()
