@@ -123,19 +123,21 @@ def test_limit_takes_the_first_paths(spark, image_dir):
 
 
 def test_outputs_split_by_reason(spark, outcome):
+    """The three bad files land in the quarantine, with a reason each; the 25 images in the features."""
     _, _, every = outcome
     results = spark.createDataFrame(
         [tuple(r[name] for name in features.RESULT_TYPE.fieldNames()) for r in every], features.RESULT_TYPE
     )
-    good = features.featurized(results)
-    bad = features.quarantined(results)
-    assert good.columns == ["path", "label", "features"]
-    assert bad.columns == ["path", "label", "reason"]
-    assert good.count() + bad.count() == len(every)
+    good = features.featurized(results).collect()
+    bad = features.quarantined(results).collect()
+    assert features.featurized(results).columns == ["path", "label", "features"]
+    assert features.quarantined(results).columns == ["path", "label", "reason"]
+    assert sorted(r.path for r in bad) == ["Kiwi/broken, truncated.jpg", "Kiwi/notes.txt", "Plum/empty.JPG"]
+    assert all(r.reason for r in bad)
+    assert len(good) == 25 and "top level.png" in {r.path for r in good}
+    assert all(len(r.features) == FEATURE_DIM for r in good)
     counts = features.count_outcomes(results)
-    assert counts["inputs"] == len(every)
-    assert counts["featurized"] == good.count()
-    assert counts["quarantined"] == len(every) - good.count()
+    assert (counts["inputs"], counts["featurized"], counts["quarantined"]) == (28, 25, 3)
 
 
 def test_partitions_are_a_multiple_of_the_slots_with_bounded_tasks():
