@@ -25,6 +25,7 @@ def digests(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.backs("clearing a finished run (the same run again)")
 def test_clearing_a_finished_run_writes_a_new_attempt_and_moves_latest_last(
     airflow_db, tmp_path, monkeypatch
 ):

@@ -38,6 +38,7 @@ def s3_server():
     server.stop()
 
 
+@pytest.mark.backs("cluster nodes without internet (private subnet, no NAT)")
 def test_bootstrap_installs_the_node_requirements_from_the_staged_wheelhouse_only(s3_server, tmp_path):
     if not (VENV_BIN and os.path.exists(os.path.join(VENV_BIN, "aws"))):
         pytest.skip("the aws CLI (awscli in the dev extra) is not installed beside this Python")

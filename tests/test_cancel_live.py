@@ -44,6 +44,7 @@ def task_log_tails(airflow: Airflow, run_id: str, task_ids, chars: int = 3000) -
     return "\n".join(parts)
 
 
+@pytest.mark.backs("a cancelled run (marked failed in the UI) while `wait_featurize` is deferred")
 def test_marking_the_run_failed_while_the_step_waits_still_terminates_the_cluster(moto_server, tmp_path):
     started = time.monotonic()
     source = tmp_path / "images"

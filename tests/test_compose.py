@@ -152,6 +152,7 @@ def test_the_services_the_pipeline_needs_exist_with_healthchecks(compose):
     } <= mounts
 
 
+@pytest.mark.backs("the local stack exposes nothing by default")
 def test_ports_are_bound_to_loopback_unless_the_user_opts_out(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
@@ -186,6 +187,7 @@ def test_the_stack_runs_the_pipeline_only_when_triggered(compose):
     assert Settings.from_env({}).schedule == "@daily"  # the choice is the stack's, not the default
 
 
+@pytest.mark.backs("no credentials in code")
 def test_no_secret_has_a_default(compose):
     """Every secret is required (`${NAME:?...}`): `make up` generates them into .env."""
     text = COMPOSE.read_text()

@@ -245,6 +245,7 @@ def load_dag():
     return bag.dags["fruits_pipeline"]
 
 
+@pytest.mark.backs("no credentials in logs", "every S3 write encrypted", "least-privilege IAM policy")
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     airflow_db, moto_server, spark_standalone, tmp_path, aws_calls, capfd, caplog
 ):
@@ -345,6 +346,7 @@ def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
     assert_no_secrets(output.out, output.err, caplog.text)
 
 
+@pytest.mark.backs("an EMR step fails", "no credentials in logs", "least-privilege IAM policy")
 def test_failed_featurize_step_fails_the_run_and_still_terminates(
     airflow_db, moto_server, tmp_path, capfd, caplog, aws_calls
 ):

@@ -102,6 +102,7 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, c
     assert f"run report: {manifest['outputs']['report']}" in caplog.text
 
 
+@pytest.mark.backs("missing source folder")
 def test_missing_source_fails_before_any_spark_step(airflow_db, tmp_path, monkeypatch):
     dag = load_dag(tmp_path / "lake", monkeypatch)
     run = dag.test(run_conf={"source": str(tmp_path / "does not exist"), "weights": "random"})
@@ -113,6 +114,7 @@ def test_missing_source_fails_before_any_spark_step(airflow_db, tmp_path, monkey
     assert not (tmp_path / "lake" / "runs").exists()
 
 
+@pytest.mark.backs("real Fruits-360 photos, upscaled to 1500x1100, plus a corrupt JPEG and a text file")
 def test_real_fruits360_images_larger_sizes_and_bad_files(airflow_db, shared_sample, tmp_path, monkeypatch):
     """Real photos (three classes, some upscaled far beyond 100x100) plus a corrupt and a text file."""
     source = tmp_path / "fruits"

@@ -41,6 +41,7 @@ def busy_workers(root_pid: int) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.backs("a Spark task fails (its Python worker killed with SIGKILL mid-run)")
 def test_a_python_worker_killed_mid_run_is_retried_by_spark(tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
     generate(images, per_class=80, seed=8)  # 480 images: 4 Arrow batches per task

@@ -24,6 +24,7 @@ def decisions(policy, *calls):
     return [iam.decide(policy, r) for r in iam.requests_for(calls)]
 
 
+@pytest.mark.backs("least-privilege IAM policy")
 def test_evaluator_matches_wildcards_and_conditions():
     allow = {"Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::b/p/*"}
     assert iam.statement_matches(allow, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
@@ -52,6 +53,7 @@ def test_evaluator_matches_wildcards_and_conditions():
     assert iam.decide(deny, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x")) == "deny"
 
 
+@pytest.mark.backs("least-privilege IAM policy")
 def test_head_bucket_is_refused_by_the_least_privilege_listing_so_orchard_lists_the_prefix():
     # HeadBucket is s3:ListBucket without s3:prefix (S3 API Reference, "HeadBucket",
     # /AmazonS3/latest/API/API_HeadBucket.html): the prefix-scoped listing cannot allow it.
@@ -62,6 +64,7 @@ def test_head_bucket_is_refused_by_the_least_privilege_listing_so_orchard_lists_
     assert decisions(POLICY, elsewhere) == ["implicit deny"]
 
 
+@pytest.mark.backs("least-privilege IAM policy")
 def test_clusters_are_created_tagged_with_auto_termination_and_only_our_roles_are_passed():
     spec = {
         "Tags": [{"Key": "project", "Value": "orchard"}],
@@ -107,6 +110,7 @@ MULTIPART = (
     [iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET}), *documented_bucket_policies()],
     ids=lambda p: p["Statement"][0].get("Sid", "?"),
 )
+@pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_recommended_bucket_policies_let_multipart_uploads_through(policy):
     # UploadPart/UploadPartCopy cannot carry x-amz-server-side-encryption, so a Deny on its absence
     # refuses every multipart upload (the CSV merge, EMRFS's large writes).
@@ -114,6 +118,7 @@ def test_recommended_bucket_policies_let_multipart_uploads_through(policy):
     assert iam.refused(policy, iam.requests_for(MULTIPART), resource_policy=True) == []
 
 
+@pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_the_sse_kms_bucket_policy_refuses_writes_that_ask_for_another_encryption():
     policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
     sse_s3 = s3_call("PutObject", Bucket=BUCKET, Key="a", ServerSideEncryption="AES256")
@@ -127,6 +132,7 @@ def test_the_sse_kms_bucket_policy_refuses_writes_that_ask_for_another_encryptio
     ]
 
 
+@pytest.mark.backs("least-privilege IAM policy")
 def test_parliament_finds_nothing_in_the_shipped_policies():
     from parliament import analyze_policy_string
 
@@ -136,6 +142,7 @@ def test_parliament_finds_nothing_in_the_shipped_policies():
         assert [(f.issue, f.detail, f.location) for f in findings] == [], name
 
 
+@pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_the_classic_deny_without_the_header_policy_refuses_multipart_uploads():
     """What docs/aws.md warns against, evaluated: the multipart test above would catch such a policy."""
     classic = {
@@ -160,6 +167,7 @@ def test_the_classic_deny_without_the_header_policy_refuses_multipart_uploads():
     ]
 
 
+@pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_the_bucket_policy_docs_aws_md_shows_is_the_shipped_one():
     shipped = json.loads(BUCKET_POLICY.read_text(encoding="utf-8"))
     assert shipped in documented_bucket_policies()

@@ -63,6 +63,7 @@ def two_runs(airflow_db, dags, source):
     return manifest_1, latest_manifest(lake)
 
 
+@pytest.mark.backs("names with spaces, quotes, commas, non-ASCII, emoji", "the same inputs again (a new run)")
 def test_running_again_on_the_same_inputs_recomputes_and_uploads_nothing(two_runs):
     first, second = two_runs
     assert first["run_id"] != second["run_id"]
@@ -82,6 +83,7 @@ def test_running_again_on_the_same_inputs_recomputes_and_uploads_nothing(two_run
     assert ODD_NAME in paths
 
 
+@pytest.mark.backs("`forget_images` for 2 images and 1 quarantined file after two runs")
 def test_forget_images_erases_images_cache_rows_and_outputs(two_runs, dags, source):
     bags, lake = dags
     forget = ["Plum/0_100.jpg", ODD_NAME, "Kiwi/broken.jpg"]

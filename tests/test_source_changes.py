@@ -40,6 +40,16 @@ def latest(lake: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, list[list[str]
     return manifest, pd.read_parquet(outputs["features"]), pd.read_parquet(outputs["quarantine"]), rows
 
 
+@pytest.mark.backs(
+    "PNG, WebP, TIFF, BMP, GIF (first frame), HEIC/HEIF (`pillow-heif`)",
+    "a name with a newline, tab or other control character",
+    "a name that is not valid UTF-8",
+    "a dangling symbolic link",
+    "a symbolic link loop (to itself, or a folder link to an ancestor)",
+    "a link to a file",
+    "a pipe, socket or device",
+    "a file deleted from the source between two runs",
+)
 def test_a_source_that_lost_a_file_and_gained_an_odd_name(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 

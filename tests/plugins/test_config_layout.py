@@ -12,6 +12,7 @@ from orchard.spark import steps
 from orchard.uris import local_path, normalise_uri
 
 
+@pytest.mark.backs("default region in the EU")
 def test_defaults_are_the_embedded_local_setup():
     settings = Settings.from_env({})
     assert settings.target == "local"

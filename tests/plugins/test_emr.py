@@ -32,6 +32,7 @@ def spec(settings: Settings = SETTINGS, **overrides) -> dict:
     return emr.job_flow_spec(settings, **{**args, **overrides})
 
 
+@pytest.mark.backs("an Airflow task killed mid-run", "every S3 write encrypted", "EMR without SSH")
 def test_spec_defaults():
     flow = spec()
     assert flow["ReleaseLabel"] == "emr-7.14.0"
@@ -195,6 +196,7 @@ def test_bootstrap_requirements_use_the_project_pins():
 
 
 @mock_aws
+@pytest.mark.backs("an EMR step fails before EMR has uploaded its log (it does so about every five minutes)")
 def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(capfd, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     s3 = boto3.client("s3", region_name="eu-west-1")

@@ -50,6 +50,7 @@ def problems(checks) -> list[str]:
     return [str(c) for c in preflight.problems(checks)]
 
 
+@pytest.mark.backs("least-privilege IAM policy")
 def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tmp_path, aws_calls):
     calls, ignored = aws_calls
     kms, ec2 = aws.client("kms"), aws.client("ec2")
@@ -75,6 +76,9 @@ def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tm
     assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_missing_bucket(aws, tmp_path):
     found = problems(run(aws, tmp_path, ORCHARD_LAKE="s3://no-such-lake/prod"))
     assert found == [
@@ -83,6 +87,9 @@ def test_missing_bucket(aws, tmp_path):
     ]
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_bucket_without_default_encryption(aws, tmp_path):
     aws.client("s3").delete_bucket_encryption(Bucket=BUCKET)
     (found,) = problems(run(aws, tmp_path))
@@ -91,6 +98,9 @@ def test_bucket_without_default_encryption(aws, tmp_path):
     )
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_missing_roles_are_both_reported(aws, tmp_path):
     found = problems(
         run(aws, tmp_path, ORCHARD_EMR_SERVICE_ROLE="NoRole", ORCHARD_EMR_INSTANCE_PROFILE="NoProfile")
@@ -103,6 +113,9 @@ def test_missing_roles_are_both_reported(aws, tmp_path):
     ]
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_unknown_release(aws, tmp_path):
     found = problems(run(aws, tmp_path, ORCHARD_EMR_RELEASE="emr-9.99.0"))
     assert found[0].startswith(
@@ -111,11 +124,17 @@ def test_unknown_release(aws, tmp_path):
     assert "not checked" in found[1]
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_unsupported_instance_type(aws, tmp_path):
     (found,) = problems(run(aws, tmp_path, ORCHARD_EMR_INSTANCE_TYPE="m5.nonexistent"))
     assert found.startswith("PROBLEM ORCHARD_EMR_INSTANCE_TYPE=m5.nonexistent: not supported by emr-7.14.0")
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_missing_subnet(aws, tmp_path):
     (found,) = problems(run(aws, tmp_path, ORCHARD_EMR_SUBNET_ID="subnet-0123456789abcdef0"))
     assert found.startswith(
@@ -123,6 +142,9 @@ def test_missing_subnet(aws, tmp_path):
     )
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_missing_disabled_and_unusable_kms_keys(aws, tmp_path):
     kms = aws.client("kms")
     (found,) = problems(run(aws, tmp_path, ORCHARD_KMS_KEY_ID="0a1b2c3d-0000-4000-8000-000000000000"))
@@ -142,6 +164,9 @@ def test_missing_disabled_and_unusable_kms_keys(aws, tmp_path):
     assert "key policy does not let arn:aws:iam::123456789012:role/EMR_EC2_DefaultRole use the key" in found
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_every_problem_is_reported_in_one_run(aws, tmp_path):
     found = problems(
         run(
@@ -163,6 +188,9 @@ def test_every_problem_is_reported_in_one_run(aws, tmp_path):
     ]
 
 
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
 def test_command_line_exits_non_zero_with_the_problems(aws, monkeypatch, capsys):
     monkeypatch.setenv("ORCHARD_TARGET", "emr")
     monkeypatch.setenv("ORCHARD_LAKE", "s3://no-such-lake/x")

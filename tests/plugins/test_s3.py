@@ -56,6 +56,7 @@ def keys(client, prefix="images/"):
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
+@pytest.mark.backs("every S3 write encrypted")
 def test_sync_uploads_encrypted_objects_with_their_hash(client, source):
     report = sync_to_s3(source, f"s3://{BUCKET}/images/ds", client, SSE_S3)
     assert (report.uploaded, report.skipped, report.failed) == (12, 0, {})
@@ -66,6 +67,7 @@ def test_sync_uploads_encrypted_objects_with_their_hash(client, source):
     assert head["Metadata"]["sha256"] == s3.file_sha256(source / "class 1" / "img 4.jpg")
 
 
+@pytest.mark.backs("a file replaced by different content under the same name", "re-sync to S3")
 def test_second_sync_uploads_nothing_and_a_changed_file_goes_again(client, source):
     sync_to_s3(source, f"s3://{BUCKET}/images/ds", client, SSE_S3)
     again = sync_to_s3(source, f"s3://{BUCKET}/images/ds", client, SSE_S3)
@@ -79,6 +81,7 @@ def test_second_sync_uploads_nothing_and_a_changed_file_goes_again(client, sourc
     assert body == target.read_bytes()
 
 
+@pytest.mark.backs("every S3 write encrypted")
 def test_sync_with_a_kms_key(moto_client, source):
     client = moto_client
     key_id = boto3.client("kms", region_name="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
@@ -170,6 +173,7 @@ def test_small_merge_is_one_part(client):
     assert client.get_object(Bucket=BUCKET, Key="o.csv")["Body"].read() == b"path,pc_1\nx,1\n"
 
 
+@pytest.mark.backs("staged code (jobs, bootstrap, wheelhouse)")
 def test_staged_files_already_under_their_content_prefix_are_not_sent_again(client, tmp_path, monkeypatch):
     job = tmp_path / "pca.py"
     job.write_text("print('pca')\n")
@@ -214,6 +218,7 @@ def put_json(client, key: str) -> None:
     client.put_object(Bucket="lake", Key=key, Body=b'{"ok": true}', ServerSideEncryption="AES256")
 
 
+@pytest.mark.backs("transient S3 errors (503 SlowDown)")
 def test_transient_s3_errors_are_retried_with_backoff(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda _: None)  # botocore's backoff, skipped in the test
     with mock_aws():
@@ -225,6 +230,7 @@ def test_transient_s3_errors_are_retried_with_backoff(monkeypatch):
         assert client.get_object(Bucket="lake", Key="runs/r/manifest.json")["Body"].read() == b'{"ok": true}'
 
 
+@pytest.mark.backs("the same fault without the retry configuration")
 def test_without_the_retry_configuration_the_same_fault_fails(monkeypatch):
     from botocore.config import Config
     from botocore.exceptions import ClientError
@@ -271,6 +277,7 @@ def test_the_store_refuses_a_wrong_secret(seaweedfs_store):
         seaweedfs_store.client(secret="not-the-secret").list_objects_v2(Bucket=BUCKET)
 
 
+@pytest.mark.backs("the stack's S3 store really encrypts")
 def test_sse_s3_is_honoured_not_just_echoed(seaweedfs_store, store_client, tmp_path):
     """The stack claims SSE-S3: the bytes on the store's disk are not the plain bytes."""
     marker = random.Random(7).randbytes(64 * 1024)
@@ -290,6 +297,7 @@ def test_sse_s3_is_honoured_not_just_echoed(seaweedfs_store, store_client, tmp_p
     assert marker[:4096] in on_disk
 
 
+@pytest.mark.backs("the stack's S3 store really encrypts")
 def test_the_store_cannot_do_sse_kms(store_client):
     """No KMS behind the store: the stack must not set ORCHARD_KMS_KEY_ID (tests/test_compose.py)."""
     from botocore.exceptions import ClientError

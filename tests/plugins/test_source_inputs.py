@@ -29,6 +29,16 @@ def as_listing(report: storage.SyncReport) -> dict[str, str | None]:
     return {row.path: row.reason for row in report.inputs}
 
 
+@pytest.mark.backs(
+    "a name with a newline, tab or other control character",
+    "a name that is not valid UTF-8",
+    "a dangling symbolic link",
+    "a symbolic link loop (to itself, or a folder link to an ancestor)",
+    "a link to a file",
+    "a pipe, socket or device",
+    "a folder named like an image (`Looks like.jpg/`)",
+    "mixed-case extensions (`.JPG`, `.JpEg`)",
+)
 def test_every_entry_of_an_odd_folder_is_an_input_or_quarantined_with_a_reason(tmp_path):
     report = sync_folder(odd_source(tmp_path), tmp_path / "lake")
     assert as_listing(report) == EXPECTED
@@ -58,6 +68,7 @@ def test_the_listing_carries_sizes_and_content_hashes(tmp_path):
     assert [row["path"] for row in table] == sorted(EXPECTED)  # the walk's order: by name, depth first
 
 
+@pytest.mark.backs("a file that cannot be read (permission)")
 def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypatch):
     src = tmp_path / "src"
     (src / "Kiwi").mkdir(parents=True)
@@ -76,6 +87,10 @@ def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypat
     assert (report.uploaded, report.failed) == (1, {})
 
 
+@pytest.mark.backs(
+    "a file deleted from the source between two runs",
+    "a file replaced by different content under the same name",
+)
 def test_the_lake_mirrors_deletions_and_replacements(tmp_path):
     src, lake = tmp_path / "src", tmp_path / "lake"
     (src / "Apple").mkdir(parents=True)
@@ -104,6 +119,7 @@ def test_a_limited_run_deletes_nothing_the_source_still_has(tmp_path):
     assert len(list((lake / "Kiwi").iterdir())) == 5
 
 
+@pytest.mark.backs("a folder that cannot be opened")
 def test_walk_reports_a_folder_it_cannot_open(tmp_path, monkeypatch):
     src = tmp_path / "src"
     (src / "Closed").mkdir(parents=True)
@@ -138,6 +154,7 @@ def put(client, key: str, body: bytes) -> None:
     client.put_object(Bucket="phone-uploads", Key=key, Body=body)
 
 
+@pytest.mark.backs("a source already on S3 (`s3://bucket/prefix`)")
 def test_an_s3_source_is_copied_inside_s3_encrypted_with_its_hash(client, monkeypatch):
     put(client, "app/Apple/a.jpg", b"apple")
     put(client, "app/Kiwi/k.png", b"kiwi")
@@ -163,6 +180,7 @@ def test_an_s3_source_is_copied_inside_s3_encrypted_with_its_hash(client, monkey
     assert report.files == 3
 
 
+@pytest.mark.backs("a source already on S3 (`s3://bucket/prefix`)")
 def test_an_unchanged_s3_source_copies_nothing_and_deletions_are_mirrored(client):
     put(client, "app/Apple/a.jpg", b"apple")
     put(client, "app/Apple/b.jpg", b"banana")
@@ -180,6 +198,7 @@ def test_an_unchanged_s3_source_copies_nothing_and_deletions_are_mirrored(client
     assert client.get_object(Bucket=BUCKET, Key="images/app/Apple/a.jpg")["Body"].read() == b"APPLE"
 
 
+@pytest.mark.backs("a source already on S3 (`s3://bucket/prefix`)")
 def test_large_objects_are_copied_in_parts_inside_s3(client):
     big = os.urandom(6 * 1024 * 1024)
     put(client, "app/Apple/big.tif", big)
@@ -195,6 +214,7 @@ def test_large_objects_are_copied_in_parts_inside_s3(client):
     assert report.inputs == [Input("Apple/big.tif", len(big), None, None)]  # featurize hashes it
 
 
+@pytest.mark.backs("an S3 source that is empty or whose bucket does not exist")
 def test_an_empty_or_missing_s3_source_fails_clearly(client):
     with pytest.raises(ValueError, match="holds no objects"):
         s3.check_s3_source(client, "s3://phone-uploads/nothing-here")
@@ -202,6 +222,7 @@ def test_an_empty_or_missing_s3_source_fails_clearly(client):
         s3.check_s3_source(client, "s3://no-such-bucket/app")
 
 
+@pytest.mark.backs("a source already on S3 (`s3://bucket/prefix`)")
 def test_an_unchanged_s3_object_keeps_the_sha256_s3_computed_for_its_copy(client):
     """A skipped object is listed with the SHA-256 of its copy, as a copied one is (it was listed as None)."""
     put(client, "app/Apple/a.jpg", b"apple")

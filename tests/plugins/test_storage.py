@@ -86,6 +86,7 @@ def test_limit_takes_the_first_files(source, tmp_path):
     assert sorted(p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()) == ["a.jpg", "b.jpg"]
 
 
+@pytest.mark.backs("missing source folder", "empty source folder")
 def test_missing_or_empty_source_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_source(tmp_path / "nope")

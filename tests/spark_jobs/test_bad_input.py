@@ -66,6 +66,7 @@ def outcome(spark, tmp_path_factory):
     return summary, pd.read_parquet(root / "features"), pd.read_parquet(root / "quarantine")
 
 
+@pytest.mark.backs("empty class folder")
 def test_every_input_is_accounted_for(outcome):
     summary, good, bad = outcome
     counts = summary["counts"]
@@ -75,6 +76,14 @@ def test_every_input_is_accounted_for(outcome):
 
 
 @pytest.mark.parametrize("name", [n for n, (_, reason) in FILES.items() if reason])
+@pytest.mark.backs(
+    "corrupt JPEG (JPEG header, random bytes)",
+    "truncated JPEG",
+    "zero-byte JPEG",
+    "text file named `.jpg`",
+    "a text file named `notes.txt`",
+    "decompression bomb (9000x9000 PNG of a few KB)",
+)
 def test_bad_input_is_quarantined_with_a_precise_reason(outcome, name):
     _, _, bad = outcome
     reason = bad.set_index("path").reason[name]
@@ -82,12 +91,23 @@ def test_bad_input_is_quarantined_with_a_precise_reason(outcome, name):
 
 
 @pytest.mark.parametrize("name", [n for n, (_, reason) in FILES.items() if not reason])
+@pytest.mark.backs(
+    "PNG with alpha",
+    "16-bit PNG",
+    "palette PNG",
+    "grayscale JPEG",
+    "CMYK JPEG",
+    "EXIF-rotated photo",
+    "1x1 image",
+    "names with spaces, quotes, commas, non-ASCII, emoji",
+)
 def test_odd_but_valid_input_is_featurized(outcome, name):
     _, good, _ = outcome
     row = good.set_index("path").loc[name]
     assert len(row.features) == 1280 and np.isfinite(row.features).all()
 
 
+@pytest.mark.backs("images directly in the source root")
 def test_labels_come_from_folders_and_root_files_are_labelled_explicitly(outcome):
     _, good, bad = outcome
     labels = dict(zip([*good.path, *bad.path], [*good.label, *bad.label], strict=True))
@@ -96,6 +116,7 @@ def test_labels_come_from_folders_and_root_files_are_labelled_explicitly(outcome
     assert labels["Kiwi/zero bytes.jpg"] == "Kiwi"
 
 
+@pytest.mark.backs("a lake file outside the run's listing, or changed since the upload listed it")
 def test_the_upload_listing_is_read_exactly_whatever_else_the_lake_holds(spark, tmp_path):
     """Upload (listing) then featurize: every listed entry of an odd folder ends in one output."""
     from orchard.storage.sync import listing_parquet, sync_folder
@@ -131,6 +152,12 @@ PHONE = {
 }
 
 
+@pytest.mark.backs(
+    "a JPEG named `.png`, a BMP named `.JPG`",
+    "PNG, WebP, TIFF, BMP, GIF (first frame), HEIC/HEIF (`pillow-heif`)",
+    "a corrupt file of each of those formats",
+    "the same content fresh and from the features cache",
+)
 def test_phone_formats_and_names_decided_by_content(spark, tmp_path):
     """Every format users have featurizes, whatever its extension; a corrupt one of each is quarantined.
     A cache that knows a content gives it the same outcome as a fresh run."""

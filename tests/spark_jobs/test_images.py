@@ -46,6 +46,7 @@ def test_large_jpeg_decodes_close_to_full_resolution_resize():
     assert np.abs(decode_image(data).astype(float) - full).mean() < 6
 
 
+@pytest.mark.backs("grayscale JPEG")
 def test_grayscale_becomes_three_equal_channels():
     grey = gradient(50, 80, seed=4).convert("L")
     out = decode_image(encode(grey, "PNG"))
@@ -54,6 +55,7 @@ def test_grayscale_becomes_three_equal_channels():
     np.testing.assert_array_equal(out[..., 1], out[..., 2])
 
 
+@pytest.mark.backs("PNG with alpha")
 def test_rgba_transparent_pixels_become_white():
     rgba = Image.new("RGBA", (60, 60), (10, 200, 30, 0))
     rgba.paste((200, 10, 10, 255), (20, 20, 40, 40))
@@ -62,6 +64,7 @@ def test_rgba_transparent_pixels_become_white():
     assert tuple(out[112, 112]) == (200, 10, 10)
 
 
+@pytest.mark.backs("palette PNG")
 def test_palette_png_with_transparency():
     palette = Image.new("P", (40, 40), 0)
     palette.putpalette([0, 0, 0, 250, 0, 0] + [0] * 762)
@@ -71,6 +74,7 @@ def test_palette_png_with_transparency():
     assert tuple(out[112, 112]) == (250, 0, 0)
 
 
+@pytest.mark.backs("CMYK JPEG")
 def test_cmyk_jpeg_is_converted():
     cmyk = gradient(80, 80, seed=5).convert("CMYK")
     out = decode_image(encode(cmyk, "JPEG", quality=95))
@@ -79,6 +83,7 @@ def test_cmyk_jpeg_is_converted():
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.backs("16-bit PNG")
 def test_16_bit_png_keeps_its_dynamic_range():
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
     out = decode_image(encode(Image.fromarray(ramp), "PNG"))
@@ -87,6 +92,7 @@ def test_16_bit_png_keeps_its_dynamic_range():
     assert out.max() > 245
 
 
+@pytest.mark.backs("EXIF-rotated photo")
 def test_exif_orientation_is_applied():
     upright = gradient(120, 60, seed=6)
     exif = Image.Exif()
@@ -107,11 +113,13 @@ def test_exif_orientation_is_applied():
     ],
     ids=["empty", "text", "truncated", "header-only", "random-bytes"],
 )
+@pytest.mark.backs("truncated JPEG")
 def test_broken_inputs_raise_with_a_reason(data, reason):
     with pytest.raises(UndecodableImage, match=reason):
         decode_image(data)
 
 
+@pytest.mark.backs("decompression bomb (9000x9000 PNG of a few KB)")
 def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
     with pytest.raises(UndecodableImage, match="too large: 200x200"):
@@ -140,6 +148,7 @@ def phone_formats() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("fmt", sorted(phone_formats()))
+@pytest.mark.backs("PNG, WebP, TIFF, BMP, GIF (first frame), HEIC/HEIF (`pillow-heif`)")
 def test_every_format_users_have_decodes(fmt):
     data = phone_formats()[fmt]
     assert Image.open(io.BytesIO(data)).format == fmt
@@ -153,6 +162,7 @@ def test_every_format_users_have_decodes(fmt):
 
 
 @pytest.mark.parametrize("fmt", sorted(phone_formats()))
+@pytest.mark.backs("a corrupt file of each of those formats")
 def test_a_corrupt_file_of_every_format_gets_a_reason(fmt):
     data = phone_formats()[fmt]
     broken = data[: len(data) // 2] if fmt != "GIF" else data[:20] + b"\x00" * 40
@@ -161,12 +171,14 @@ def test_a_corrupt_file_of_every_format_gets_a_reason(fmt):
     assert "0x" not in str(caught.value)
 
 
+@pytest.mark.backs("an image format outside that list (e.g. ICO)")
 def test_the_format_comes_from_the_bytes_not_the_name():
     # decode_image never sees a name: a JPEG named .png decodes as the JPEG it is; an ICO does not.
     with pytest.raises(UndecodableImage, match=r"unsupported image format \(ICO\)"):
         decode_image(encode(gradient(32, 32), "ICO"))
 
 
+@pytest.mark.backs("corrupt JPEG (JPEG header, random bytes)")
 def test_bad_files_get_distinct_human_reasons_without_addresses():
     corrupt = b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(3000)
     cases = {"corrupt": corrupt, "truncated": truncated_jpeg(), "empty": b"", "text": b"just text\n"}

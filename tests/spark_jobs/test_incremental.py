@@ -45,6 +45,7 @@ def run_step(
     return summary, pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
 
 
+@pytest.mark.backs("a folder that gained 100 images (and a renamed file)", "a third run on the same inputs")
 def test_a_folder_that_gained_images_featurizes_only_the_new_ones(spark, tmp_path):
     images, cache = tmp_path / "images", tmp_path / "cache"
     first_batch = generate(images, per_class=5, seed=1)  # 30 images
@@ -81,6 +82,7 @@ def test_a_folder_that_gained_images_featurizes_only_the_new_ones(spark, tmp_pat
     assert not any(first_features.path.duplicated()) and not any(third_features.path.duplicated())
 
 
+@pytest.mark.backs("other weights")
 def test_other_weights_do_not_share_the_cache(spark, tmp_path):
     images, cache = tmp_path / "images", tmp_path / "cache"
     generate(images, per_class=1, seed=3)

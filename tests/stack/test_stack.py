@@ -188,6 +188,7 @@ def test_docker_compose_v1_accepts_the_file():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.backs("no credentials in code")
 def test_without_the_generated_secrets_the_stack_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in generated()}
     (tmp_path / "0.env").write_text("")
