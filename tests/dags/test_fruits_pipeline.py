@@ -53,9 +53,11 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
         "graph = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} if dag else {}\n"
         "teardowns = [t.task_id for t in dag.tasks if t.is_teardown] if dag else []\n"
         "timetable = type(dag.timetable).__name__ if dag else None\n"
+        "waits = {t.task_id: [t.base_seconds, t.seconds_per_image, repr(t.images), t.log_uri, t.deferrable]"
+        " for t in (dag.tasks if dag else []) if hasattr(t, 'seconds_per_image')}\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
         " 'dags': sorted(bag.dag_ids), 'heavy': heavy, 'graph': graph, 'teardowns': teardowns,"
-        " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None}))\n"
+        " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None, 'waits': waits}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env={**env, **extra_env}, capture_output=True, text=True, check=True
@@ -98,6 +100,18 @@ def test_emr_target_renders_the_full_graph_with_no_connections():
     assert (result["errors"], result["dags"], result["heavy"]) == ({}, DAGS, [])
     assert result["graph"] == EMR_GRAPH
     assert sorted(result["teardowns"]) == ["check_outcome", "terminate_cluster"]
+
+
+def test_emr_step_waits_are_sized_from_the_uploads_image_count():
+    """The sensors get the upload's image count (an XCom) and the DAG's sizing; the log URI defaults
+    under the lake. step_timeout's arithmetic is tested in tests/plugins/test_emr.py."""
+    result = parse_in_clean_interpreter({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://bucket/lake"})
+    count = "XComArg(<Task(_PythonDecoratedOperator): upload_images>, 'image_count')"
+    logs = "s3://bucket/lake/emr-logs/"
+    assert result["waits"] == {
+        "wait_featurize": [45 * 60, 0.1, count, logs, True],
+        "wait_pca": [20 * 60, 0.01, count, logs, True],
+    }
 
 
 def test_task_graph(dag):
