@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
     from orchard.config import Settings
-
-log = logging.getLogger(__name__)
 
 # The version of the lake's layout (orchard.layout), recorded in LakeLayout.format_file.
 # A lake written before the version was recorded has today's layout: version 1.

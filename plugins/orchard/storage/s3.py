@@ -7,7 +7,6 @@ boto3 client (orchard.clients).
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
         HeadObjectOutputTypeDef,
         ObjectIdentifierTypeDef,
     )
-
-log = logging.getLogger(__name__)
 
 # S3's smallest multipart part, except for the last one.
 MIN_PART = 5 * 1024 * 1024

@@ -6,7 +6,6 @@ params and what earlier tasks returned, and returns what later tasks need (plain
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,8 +19,6 @@ from orchard.report.render import write_report
 from orchard.storage.lake import airflow_lake
 from orchard.storage.sync import listing_parquet
 from orchard.uris import dataset_name
-
-log = logging.getLogger(__name__)
 
 
 def upload_images(settings: Settings, params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
