@@ -175,9 +175,11 @@ def stop_process_groups(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
+    # One grace period for all of them, not one each: four slow services must not add up to minutes.
+    deadline = time.monotonic() + 30
     for proc in procs:
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
