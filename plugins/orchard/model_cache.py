@@ -54,7 +54,10 @@ def weights_identity(kind: str, arg: Any) -> str | None:
     a weights file is its bytes; ImageNet weights are Keras's cached file, once downloaded.
     """
     if kind == "random":
-        return f"random:{arg}|keras={metadata.version('keras')}"
+        # orchard_jobs brings Pillow and pillow-heif, which parsing the DAG does not need.
+        from orchard_jobs.model import RANDOM_RECIPE  # ruff: ignore[import-outside-top-level]
+
+        return f"random:{arg}|{RANDOM_RECIPE}|keras={metadata.version('keras')}"
     if kind == "file":
         return f"file:{file_sha256(Path(arg))}"
     cached = keras_imagenet_file()

@@ -26,6 +26,9 @@ __all__ = ["FEATURE_DIM", "Featurizer", "ResolvedWeights", "resolve_weights", "t
 # ONNX opset of the converted model: supported by every ONNX Runtime release since 1.12.
 ONNX_OPSET = 17
 DEFAULT_SEED = 42
+# How random:SEED weights are made (`random_weights`); part of the converted model's cache key.
+RANDOM_RECIPE = "keras-init+bn-calibrated/v1"
+CALIBRATION_IMAGES = 16
 WEIGHT_FALLBACKS = ("random", "fail")
 
 
@@ -61,12 +64,45 @@ def build_model(weights: str | None = None) -> Any:
     )
 
 
+def calibration_images(seed: int, count: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Seeded image-like inputs, uint8 RGB: 8x8 blocks of colour (spatially correlated, as photos
+    are) plus pixel noise. Inputs for calibrating BatchNorm statistics, not test data."""
+    rng = np.random.default_rng(seed)
+    block = IMAGE_SIZE // 8
+    coarse = rng.uniform(0, 255, (count, 8, 8, 3))
+    images = np.repeat(np.repeat(coarse, block, axis=1), block, axis=2)
+    images += rng.normal(0, 20, images.shape)
+    return np.clip(images, 0, 255).round().astype(np.uint8)
+
+
 def random_weights(seed: int) -> list[np.ndarray]:
-    """Seeded random initialisation: the same arrays for the same seed in any process."""
+    """Seeded random weights with activations at a trained network's scale in every layer.
+
+    Keras's initialisation leaves BatchNorm's moving statistics at mean 0 / variance 1, which no
+    layer's output has: each layer then shrinks its input and the features end near 1e-11. Here
+    each BatchNorm takes the mean and variance of its own input on seeded calibration images
+    (`calibration_images`), layer after layer in one forward pass, as training would leave them, so
+    every layer's output has unit scale and the features are O(0.1-1) and differ between images.
+    The statistics are rounded to float16 precision, so that another CPU's last-bit differences in
+    the calibration pass seldom reach the arrays (the recipe is `RANDOM_RECIPE`; the converted
+    model's SHA-256 keys the features cache either way). Same seed, same arrays, in any process.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
-    return build_model(None).get_weights()
+    model = build_model(None)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # momentum 0: one training-mode pass sets each moving statistic to its batch statistic.
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    scaled = calibration_images(seed).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    model(scaled, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+        for stat in (layer.moving_mean, layer.moving_variance):
+            stat.assign(stat.numpy().astype(np.float16).astype(np.float32))
+    return model.get_weights()
 
 
 def parse_weights(spec: str) -> tuple[str, int | str | None]:

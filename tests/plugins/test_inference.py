@@ -63,7 +63,7 @@ def test_the_stored_model_computes_the_weights_features(lake_root):
     images = np.stack([decode_image(jpeg(seed)) for seed in range(3)])
     expected = Featurizer(random_weights(12))(images)
     got = engine.OnnxFeaturizer(data)(images)
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def test_other_weights_get_another_model(lake_root, tmp_path):

@@ -67,7 +67,7 @@ def test_a_folder_that_gained_images_featurizes_only_the_new_ones(spark, tmp_pat
     assert counts["from_cache"] == 30  # the renamed file's content was known
 
     # Cached features are the ones the model computes: a run without the cache agrees (up to the
-    # float rounding of different batch compositions; random-init features are ~1e-11 in scale).
+    # float rounding of different batch compositions).
     _, fresh = run_step(spark, images, tmp_path / "fresh", cache=None)
     assert list(second_features.path) == list(fresh.path)
     got, expected = np.stack(second_features.features), np.stack(fresh.features)

@@ -43,6 +43,34 @@ def test_random_weights_are_reproducible_per_seed(weights_7):
     assert not all(np.array_equal(a, b) for a, b in zip(weights_7, other, strict=True))
 
 
+def test_random_weights_keep_a_trained_networks_scale_in_every_layer(weights_7):
+    """Keras's fresh BatchNorm statistics shrink MobileNetV2's activations layer after layer (its
+    features end near 1e-11); the calibrated statistics of random_weights keep every block's output
+    at unit order on images they were not calibrated on, and the features differ between images."""
+    import keras
+
+    model = model_mod.build_model(None)
+    model.set_weights(weights_7)
+    layers = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.ReLU) or layer.name.endswith("project_BN")
+    ]
+    probe = keras.Model(model.input, [layer.output for layer in layers])
+    images = np.stack([decode_image(jpeg(seed)) for seed in range(8)])
+    outputs = probe(images.astype(np.float32) / 127.5 - 1.0)
+    rms = {
+        layer.name: float(np.sqrt(np.mean(np.square(out))))
+        for layer, out in zip(layers, outputs, strict=True)
+    }
+
+    assert len(rms) == 52  # 35 ReLU6 activations and 17 linear bottlenecks
+    assert all(0.1 < value < 10 for value in rms.values()), rms
+    features = Featurizer(weights_7)(images)
+    assert 0.1 < np.abs(features).max() < 6  # ReLU6 bounds the pooled features
+    assert np.abs(features - features.mean(axis=0)).max() > 0.05  # images are told apart
+
+
 def test_featurizer_matches_plain_keras_predict(weights_7):
     import keras
 
