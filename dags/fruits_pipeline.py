@@ -59,11 +59,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.providers.amazon.aws.operators.emr import (
-    EmrAddStepsOperator,
-    EmrCreateJobFlowOperator,
-    EmrTerminateJobFlowOperator,
-)
+from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, chain, get_current_context, task, teardown
 
@@ -242,7 +238,7 @@ def emr_pipeline() -> None:
     preflight = check_aws()
     stage = stage_artifacts()
     upload = upload_images()
-    create_cluster = EmrCreateJobFlowOperator(
+    create_cluster = emr.RunClusterOperator(
         task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None
     )
     # BODY: each step added, then waited on (the wait sized to the number of images).
@@ -253,7 +249,7 @@ def emr_pipeline() -> None:
         "deferrable": True,
         "poke_interval": settings.emr_poll_seconds,
     }
-    add_featurize_step = EmrAddStepsOperator(
+    add_featurize_step = emr.RunStepsOperator(
         task_id="add_featurize_step",
         job_flow_id=create_cluster.output,
         steps=[
@@ -275,7 +271,7 @@ def emr_pipeline() -> None:
         seconds_per_image=0.1,
         **waiting,
     )
-    add_pca_step = EmrAddStepsOperator(
+    add_pca_step = emr.RunStepsOperator(
         task_id="add_pca_step",
         job_flow_id=create_cluster.output,
         steps=[emr.spark_step("orchard-pca", stage["pca"], steps.dag_pca_args(), py_files=stage["py_files"])],

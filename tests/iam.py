@@ -259,6 +259,8 @@ def emr_requests(call: Call, cluster_tags: dict[str, list]) -> list[Request]:
         cluster_id = p["ClusterId"] if "ClusterId" in p else p["JobFlowId"]
         context = _tags_context(cluster_tags.get(cluster_id, []), "ResourceTag")
         return [Request(f"elasticmapreduce:{name}", cluster_arn + cluster_id, context, name)]
+    if name == "ListClusters":  # no resource type: Resource "*" (list_amazonelasticmapreduce)
+        return [Request("elasticmapreduce:ListClusters", "*", {}, name)]
     if name == "TerminateJobFlows":
         return [
             Request(

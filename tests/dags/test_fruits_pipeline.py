@@ -55,9 +55,12 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
         "timetable = type(dag.timetable).__name__ if dag else None\n"
         "waits = {t.task_id: [t.base_seconds, t.seconds_per_image, repr(t.images), t.log_uri, t.deferrable]"
         " for t in (dag.tasks if dag else []) if hasattr(t, 'seconds_per_image')}\n"
+        "step_ids = {t.task_id: t.step_id for t in (dag.tasks if dag else []) if hasattr(t, 'step_id')}\n"
+        "operators = {t.task_id: type(t).__name__ for t in (dag.tasks if dag else [])}\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
         " 'dags': sorted(bag.dag_ids), 'heavy': heavy, 'graph': graph, 'teardowns': teardowns,"
-        " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None, 'waits': waits}))\n"
+        " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None, 'waits': waits,"
+        " 'step_ids': step_ids, 'operators': operators}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env={**env, **extra_env}, capture_output=True, text=True, check=True
@@ -112,6 +115,21 @@ def test_emr_step_waits_are_sized_from_the_uploads_image_count():
         "wait_featurize": [45 * 60, 0.1, count, logs, True],
         "wait_pca": [20 * 60, 0.01, count, logs, True],
     }
+
+
+@pytest.mark.backs("an Airflow task killed mid-run")
+def test_retried_emr_tasks_find_the_cluster_and_steps_of_their_run_again():
+    """A retried sensor renders its step id again from the add-steps task's XCom; a retried add-steps
+    task returns the step already on the cluster and a retried create_cluster its run's cluster
+    (RunStepsOperator, RunClusterOperator: tests/plugins/test_emr.py)."""
+    result = parse_in_clean_interpreter({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "s3://bucket/lake"})
+    assert result["step_ids"] == {
+        "wait_featurize": "{{ ti.xcom_pull(task_ids='add_featurize_step')[0] }}",
+        "wait_pca": "{{ ti.xcom_pull(task_ids='add_pca_step')[0] }}",
+    }
+    operators = result["operators"]
+    assert operators["create_cluster"] == "RunClusterOperator"
+    assert operators["add_featurize_step"] == operators["add_pca_step"] == "RunStepsOperator"
 
 
 def test_task_graph(dag):

@@ -317,3 +317,70 @@ def test_cluster_cost_of_a_cluster_not_terminated_yet_is_its_cost_so_far():
     assert cost["ended"] is None
     assert 0 <= cost["lifetime_seconds"] < 60
     assert cost["estimate"]["cost"] == pytest.approx(2 * cost["lifetime_seconds"] / 3600, rel=0.05, abs=1e-3)
+
+
+class TaskInstanceXcoms:
+    """What the operators' links need of a task instance: somewhere to push their XComs."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def active_clusters(client) -> list[str]:
+    pages = client.get_paginator("list_clusters").paginate(ClusterStates=emr.ACTIVE_CLUSTER_STATES)
+    return sorted(c["Id"] for page in pages for c in page["Clusters"])
+
+
+@pytest.mark.backs("an Airflow task killed mid-run")
+@mock_aws
+def test_a_retried_create_cluster_re_attaches_to_the_cluster_of_its_run():
+    client = boto3.client("emr", region_name="eu-west-1")
+
+    def try_create(job_flow: dict) -> str:
+        # Each try builds the operator afresh, as a retry or a cleared task does.
+        op = emr.RunClusterOperator(
+            task_id="create_cluster", job_flow_overrides=job_flow, emr_conn_id=None, region_name="eu-west-1"
+        )
+        return op.execute({"ti": TaskInstanceXcoms()})
+
+    first = try_create(spec())
+    assert try_create(spec()) == first  # the second try finds the first try's cluster
+    assert active_clusters(client) == [first]
+    # Another run of the DAG (its own run id and tags) gets its own cluster.
+    other = try_create(spec(run_id="scheduled__2026-11-22T00:00:00+00:00"))
+    assert active_clusters(client) == sorted([first, other])
+    # A cluster that has ended is not re-attached to: the next try of its run starts a new one.
+    client.terminate_job_flows(JobFlowIds=[first])
+    again = try_create(spec())
+    assert again not in (first, other)
+    # A cluster of the same name with another DAG's tag is not taken for this run's; nor is any
+    # cluster for a spec without the run's tags.
+    assert emr.run_cluster(client, spec(dag_id="another_dag")) is None
+    untagged = {**spec(), "Tags": [t for t in spec()["Tags"] if t["Key"] != "dag_run_id"]}
+    assert emr.run_cluster(client, untagged) is None
+
+
+@pytest.mark.backs("an Airflow task killed mid-run")
+@mock_aws
+def test_a_retried_add_steps_returns_the_step_already_on_the_cluster():
+    client = boto3.client("emr", region_name="eu-west-1")
+    cluster_id = client.run_job_flow(**spec())["JobFlowId"]
+
+    def try_add(args: list[str]) -> list[str]:
+        step = emr.spark_step("orchard-featurize", "s3://b/a/featurize.py", args, py_files="s3://b/a/j.zip")
+        op = emr.RunStepsOperator(
+            task_id="add_featurize_step", job_flow_id=cluster_id, steps=[step], region_name="eu-west-1"
+        )
+        return op.execute({"ti": TaskInstanceXcoms()})
+
+    first = try_add(["--attempt", "1"])
+    assert try_add(["--attempt", "1"]) == first  # the retried task's sensor waits on this step
+    steps = client.list_steps(ClusterId=cluster_id)["Steps"]
+    assert [s["Id"] for s in steps] == first
+    # A step with other arguments (another attempt's paths) is a new step.
+    second = try_add(["--attempt", "2"])
+    assert second != first
+    assert len(client.list_steps(ClusterId=cluster_id)["Steps"]) == 2

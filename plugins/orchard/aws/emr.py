@@ -1,7 +1,8 @@
 """EMR as data: the job-flow spec and the Spark steps are plain dicts built by pure functions.
 
-Plus the one piece of behaviour the provider's sensor lacks: a wait sized to the number of
-images, and the failed step's reason and stderr tail in the task log.
+Plus the behaviour the provider's operators lack: a wait sized to the number of images, the failed
+step's reason and stderr tail in the task log, and a cluster and steps that a retried or cleared
+task finds again instead of starting twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator, EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
 from orchard import clients
@@ -24,9 +26,14 @@ from orchard.uris import split_uri
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from types_boto3_emr import EMRClient
+    from types_boto3_emr.literals import ClusterStateType, StepStateType
     from types_boto3_s3 import S3Client
 
 NODE_PYTHON = "/usr/bin/python3.11"
+# A cluster in these states still runs (and bills); ListClusters' names for them.
+ACTIVE_CLUSTER_STATES: list[ClusterStateType] = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+# A step in these states has run or will run: adding it again would run it twice.
+LIVE_STEP_STATES: list[StepStateType] = ["PENDING", "RUNNING", "COMPLETED"]
 
 
 def job_flow_spec(
@@ -166,6 +173,86 @@ def spark_step(name: str, script: Any, args: Sequence[Any], *, py_files: Any) ->
         "ActionOnFailure": "CANCEL_AND_WAIT",
         "HadoopJarStep": {"Jar": "command-runner.jar", "Args": [*submit, script, *args]},
     }
+
+
+class RunClusterOperator(EmrCreateJobFlowOperator):
+    """EmrCreateJobFlowOperator that starts at most one cluster per DAG run.
+
+    RunJobFlow has no idempotency token, so a try killed after the call (or a task cleared while
+    its cluster runs) would start a second cluster that nothing terminates until its idle timeout.
+    A try first looks for an active cluster of this run (the spec's name, and the run's
+    `dag_id`/`dag_run_id` tags) and, when there is one, returns its id instead.
+    """
+
+    def execute(self, context: Context) -> str | None:
+        spec = self.job_flow_overrides
+        if isinstance(spec, Mapping):
+            found = run_cluster(self.hook.conn, spec)
+            if found:
+                self.log.info("Cluster %s of this run is still active: re-attaching to it", found)
+                self._job_flow_id = found
+                return found
+        return super().execute(context)
+
+
+def run_cluster(client: EMRClient, spec: Mapping[str, Any]) -> str | None:
+    """The active cluster created from this spec (same name, same dag_id and dag_run_id tags), if any."""
+    wanted = {
+        tag["Key"]: tag["Value"] for tag in spec.get("Tags", []) if tag["Key"] in {"dag_id", "dag_run_id"}
+    }
+    if len(wanted) < 2:  # nothing tells this run's cluster apart
+        return None
+    for page in client.get_paginator("list_clusters").paginate(ClusterStates=ACTIVE_CLUSTER_STATES):
+        for summary in page["Clusters"]:
+            if summary["Name"] != spec["Name"]:
+                continue
+            tags = client.describe_cluster(ClusterId=summary["Id"])["Cluster"].get("Tags", [])
+            if wanted.items() <= {tag["Key"]: tag["Value"] for tag in tags}.items():
+                return summary["Id"]
+    return None
+
+
+class RunStepsOperator(EmrAddStepsOperator):
+    """EmrAddStepsOperator that adds a step at most once to a cluster.
+
+    A retried try whose steps are already on the cluster (same name and arguments; pending, running
+    or completed) returns their ids, so its sensor waits on the step that runs, and the step does
+    not run twice. Steps that failed or were cancelled are added again.
+    """
+
+    def execute(self, context: Context) -> list[str]:
+        wanted = self.steps if isinstance(self.steps, list) and self.job_flow_id else None
+        found = live_steps(self.hook.conn, str(self.job_flow_id), wanted) if wanted else None
+        if found:
+            self.log.info("Steps %s are already on cluster %s: re-attaching to them", found, self.job_flow_id)
+            return found
+        return super().execute(context)
+
+
+def live_steps(client: EMRClient, cluster_id: str, wanted: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """Ids of steps on the cluster equal to `wanted` (name and arguments), in order; None unless all are."""
+    live = [
+        step
+        for page in client.get_paginator("list_steps").paginate(
+            ClusterId=cluster_id, StepStates=LIVE_STEP_STATES
+        )
+        for step in page["Steps"]
+    ]
+    ids = []
+    for step in wanted:
+        args = list(step["HadoopJarStep"].get("Args", []))
+        match = next(
+            (
+                s["Id"]
+                for s in live
+                if s["Name"] == step["Name"] and list(s["Config"].get("Args", [])) == args
+            ),
+            None,
+        )
+        if match is None:
+            return None
+        ids.append(match)
+    return ids
 
 
 def first_step_id(add_steps_task_id: str) -> str:
