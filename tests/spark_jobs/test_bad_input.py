@@ -183,3 +183,30 @@ def test_phone_formats_and_names_decided_by_content(spark, tmp_path):
     )
     assert sorted(reasons) == sorted(f"Phone/broken.{f.lower()}" for f in PHONE)
     assert all(("corrupt" in r or "truncated" in r) and "0x" not in r for r in reasons.values()), reasons
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param(lambda rows: rows.limit(2), id="an-input-without-an-outcome"),
+        pytest.param(lambda rows: rows.unionByName(rows.limit(1)), id="an-input-counted-twice"),
+    ],
+)
+def test_outcomes_that_do_not_add_up_fail_the_step_before_the_cache(spark, tmp_path, monkeypatch, broken):
+    """The featurize step's accounting guard, against a deliberately broken `features.outcomes`."""
+    from orchard_jobs import features
+
+    images = tmp_path / "images"
+    for seed in range(3):
+        (images / "Kiwi").mkdir(parents=True, exist_ok=True)
+        (images / "Kiwi" / f"{seed}.jpg").write_bytes(jpeg(seed))
+    real = features.outcomes
+    monkeypatch.setattr(features, "outcomes", lambda *args, **kwargs: broken(real(*args, **kwargs)))
+    step = featurize_step()
+    cache = tmp_path / "cache"
+    argv = step_argv(images, tmp_path / "out", "random:1", cache=cache)
+
+    with pytest.raises(RuntimeError, match=r"accounting failed: 3 listed inputs"):
+        step.run(spark, step.parse_args(argv))
+    # Nothing reached the features cache, which later runs share.
+    assert not any(path.suffix == ".parquet" for path in cache.rglob("*"))
