@@ -7,16 +7,19 @@ that are compared are run in the same process or back to back, interleaved, seve
 medians are compared, so a machine that is busy or throttled slows both sides alike.
 
 R1  Spark featurization (ONNX Runtime) ÷ plain in-process Keras, the peers' way (same images,
-    weights, batch size, cores)
+    weights, batch size, cores), steady and including start-up (both from weights prepared on disk)
 R1b Spark featurization ÷ the same engine in one plain process with the same threads: Spark's own cost
+R1c the featurize step without ÷ with the JVM class archive
 R2  model builds (engine sessions opened) ÷ Python workers in a featurize run
 R3  featurizations executed ÷ images over a whole `airflow dags test` run
-R4  decode+resize time ÷ inference time
-R5  engine images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s
+R4  decode+resize time ÷ inference time; R4b one image per engine call ÷ 64 (and the outputs' diff);
+    R4c opening a Keras model ÷ an ONNX Runtime session
+R5  engine images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s; R5b the engine with random:42's
+    calibrated weights ÷ Keras's fresh initialisation (does the activations' scale change the speed?)
 R6  Spark PCA fit ÷ numpy covariance+eigh on the same matrix (and whether they agree)
 R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
-R8  throughput and peak memory at growing image counts
-R9  re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
+R8  throughput and peak memory at growing image counts; R8b peak memory with G1 ÷ the serial collector
+R11 re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
     modification time), the cost of one rule on every backend
 
 `--scale N` instead runs the real featurize and PCA steps on N generated images (make bench-scale).
@@ -313,21 +316,35 @@ def pca_submit(settings: Settings, features_dir: Path, out: Path, k: int = 50) -
 
 
 PLAIN_COLD = """
-import sys, time, numpy as np
+import sys, numpy as np
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from orchard_jobs.images import decode_image
-from orchard_jobs.model import Featurizer, random_weights
+from orchard_jobs.model import Featurizer
 paths = sorted(p for p in Path(sys.argv[1]).rglob('*') if p.is_file())
-featurizer = Featurizer(random_weights(int(sys.argv[3])))
+with np.load(sys.argv[3]) as prepared:
+    featurizer = Featurizer([prepared[f"w{i}"] for i in range(len(prepared.files))])
 for i in range(0, len(paths), int(sys.argv[4])):
     featurizer(np.stack([decode_image(p.read_bytes()) for p in paths[i:i + int(sys.argv[4])]]))
 """
 
 
-def plain_cold(images: Path) -> float:
+def prepared_weights(work: Path) -> Path:
+    """random:42's arrays in a file: the plain process's counterpart of the step's converted model.
+
+    Both sides of R1 incl. start-up then start from weights prepared on disk (as a re-run does),
+    so neither times a conversion or a calibration the other does not.
+    """
+    from orchard_jobs.model import random_weights
+
+    path = work / "weights.npz"
+    np.savez(path, **{f"w{i}": array for i, array in enumerate(random_weights(WEIGHTS_SEED))})
+    return path
+
+
+def plain_cold(images: Path, weights: Path) -> float:
     """Wall time of a fresh Python process doing the same featurization with plain Keras."""
-    command = [sys.executable, "-c", PLAIN_COLD, str(images), str(ROOT / "spark_jobs"), str(WEIGHTS_SEED)]
+    command = [sys.executable, "-c", PLAIN_COLD, str(images), str(ROOT / "spark_jobs"), str(weights)]
     wall, result = timed(lambda: subprocess.run([*command, str(BATCH)], capture_output=True, check=False))
     if result.returncode != 0:
         raise RuntimeError(result.stderr.decode()[-3000:])
@@ -421,6 +438,7 @@ def steady_state(settings: Settings, images: Path, paths: list[Path], reps: int,
     spark.stop()
     n = len(paths)
     return {
+        **engine_variants(model, decoded[:ENGINE_IMAGES], reps),
         "images": n,
         "partitions": partitions,
         "threads": threads,
@@ -435,30 +453,141 @@ def steady_state(settings: Settings, images: Path, paths: list[Path], reps: int,
     }
 
 
-def cold_start(settings: Settings, images: Path, work: Path, reps: int, model_doc: Path) -> dict:
-    """R1 including start-up, R2: the real featurize step vs a fresh plain-Keras process."""
-    spark_runs, plain_runs = [], []
-    for rep in range(reps):
-        out = work / f"cold-{rep}"
-        spark_runs.append(spark_submit(settings, images, out, model_doc))
-        plain_runs.append(plain_cold(images))
-        shutil.rmtree(out)
-        log(
-            f"cold rep {rep + 1}/{reps}: spark-submit {spark_runs[-1]['wall_s']:.1f} s, "
-            f"plain {plain_runs[-1]:.1f} s"
+ENGINE_IMAGES = 256  # images for the engine's own variants (one thread, decoded in memory)
+TF_IMPORT = "import time; t = time.perf_counter(); import tensorflow; print(time.perf_counter() - t)"
+
+
+def engine_variants(model: bytes, decoded: np.ndarray, reps: int) -> dict:
+    """The engine alone, one thread, interleaved: one image per call against 64 (and whether the
+    outputs are identical), random:42's calibrated weights against Keras's fresh initialisation
+    (whether the activations' scale changes the speed), and what opening a model costs: an ONNX
+    Runtime session against a Keras model's build and trace (and TensorFlow's import, in a fresh
+    process)."""
+    import keras
+
+    from orchard_jobs.engine import INPUT_NAME, OUTPUT_NAME, OnnxFeaturizer
+    from orchard_jobs.model import Featurizer, build_model, random_weights, to_onnx
+
+    keras.utils.set_random_seed(WEIGHTS_SEED)
+    fresh_model = to_onnx(build_model(None).get_weights())  # features ~1e-11: vanishing activations
+    calibrated, fresh = OnnxFeaturizer(model, threads=1), OnnxFeaturizer(fresh_model, threads=1)
+
+    def per_call(featurizer: OnnxFeaturizer, size: int) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            return np.concatenate([
+                featurizer.session.run([OUTPUT_NAME], {INPUT_NAME: decoded[i : i + size]})[0]
+                for i in range(0, len(decoded), size)
+            ])  # fmt: skip
+
+        return run
+
+    variants = {"one_per_call": per_call(calibrated, 1), "64_per_call": per_call(calibrated, BATCH),
+                "fresh_weights": per_call(fresh, 1)}  # fmt: skip
+    outputs = {name: run() for name, run in variants.items()}  # warm-up
+    rows: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, run in variants.items():
+            rows[name].append(timed(run)[0])
+    weights = random_weights(WEIGHTS_SEED)
+    keras_open = [timed(lambda: Featurizer(weights)(decoded[:1]))[0] for _ in range(3)]
+    onnx_open = [timed(lambda: OnnxFeaturizer(model, threads=1))[0] for _ in range(5)]
+    tf_import = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", TF_IMPORT], capture_output=True, text=True, check=True
+            ).stdout
         )
-    counts = [r["summary"]["counts"] for r in spark_runs]
+        for _ in range(2)
+    ]
     return {
-        "spark_wall_s": median([r["wall_s"] for r in spark_runs]),
-        "spark_job_s": median([r["summary"]["seconds"] for r in spark_runs]),
-        "phases": spark_runs[-1]["summary"]["phases_seconds"],
-        "plain_wall_s": median(plain_runs),
+        "engine_images": len(decoded),
+        "engine_seconds": {k: [round(x, 3) for x in v] for k, v in rows.items()},
+        "per_call_max_abs_diff": float(np.abs(outputs["one_per_call"] - outputs["64_per_call"]).max()),
+        "feature_scale": {
+            "calibrated": float(np.abs(outputs["one_per_call"]).max()),
+            "fresh": float(np.abs(outputs["fresh_weights"]).max()),
+        },
+        "open_s": {
+            "onnx_session": [round(x, 3) for x in onnx_open],
+            "keras_build_trace": [round(x, 2) for x in keras_open],
+            "tensorflow_import": [round(x, 2) for x in tf_import],
+        },
+    }
+
+
+def cold_start(settings: Settings, images: Path, work: Path, reps: int, model_doc: Path) -> dict:
+    """R1 including start-up, R2, and the class archive's worth: the real featurize step vs a fresh
+    plain-Keras process, and the step again without the JVM class archive; order rotated per rep.
+
+    Both sides use every core (Spark local[N], TensorFlow's default threads) and start from weights
+    prepared on disk (`prepared_weights`).
+    """
+    weights = prepared_weights(work)
+    master = f"local[{os.cpu_count() or 1}]"
+    bare = settings.model_copy(update={"spark_class_archive": ""})
+    archive_used = bool(steps.local_java_options(settings) != steps.local_java_options(bare))
+    runs: dict[str, list] = {"spark": [], "plain": [], "no_archive": []}
+    variants = {
+        "spark": lambda out: spark_submit(settings, images, out, model_doc, master),
+        "plain": lambda _out: plain_cold(images, weights),
+        "no_archive": lambda out: spark_submit(bare, images, out, model_doc, master),
+    }
+    names = list(variants)
+    for rep in range(reps):
+        for name in names[rep % 3 :] + names[: rep % 3]:
+            out = work / f"cold-{rep}-{name}"
+            runs[name].append(variants[name](out))
+            shutil.rmtree(out, ignore_errors=True)
+        log(
+            f"cold rep {rep + 1}/{reps}: spark-submit {runs['spark'][-1]['wall_s']:.1f} s, "
+            f"plain {runs['plain'][-1]:.1f} s, "
+            f"without the class archive {runs['no_archive'][-1]['wall_s']:.1f} s"
+        )
+    counts = [r["summary"]["counts"] for r in runs["spark"]]
+    seconds = {
+        "spark_submit": [round(r["wall_s"], 2) for r in runs["spark"]],
+        "plain": [round(x, 2) for x in runs["plain"]],
+        "no_archive": [round(r["wall_s"], 2) for r in runs["no_archive"]],
+    }
+    return {
+        "master": master,
+        "archive_used": archive_used,
+        "spark_wall_s": median(seconds["spark_submit"]),
+        "spark_job_s": median([r["summary"]["seconds"] for r in runs["spark"]]),
+        "phases": runs["spark"][-1]["summary"]["phases_seconds"],
+        "plain_wall_s": median(seconds["plain"]),
+        "no_archive_wall_s": median(seconds["no_archive"]),
         "model_builds": [c["model_builds"] for c in counts],
         "python_workers": [c["python_workers"] for c in counts],
-        "raw_seconds": {
-            "spark_submit": [round(r["wall_s"], 2) for r in spark_runs],
-            "plain": [round(x, 2) for x in plain_runs],
-        },
+        "raw_seconds": seconds,
+    }
+
+
+def jvm_collectors(settings: Settings, images: Path, work: Path, reps: int, model_doc: Path) -> dict:
+    """The local steps' serial collector against G1 (the JVM's default): the featurize step's peak
+    memory (whole process tree) and wall time on the same images, order alternated per rep."""
+    serial = steps.LOCAL_JVM
+    variants = {"serial": serial, "g1": serial.replace("-XX:+UseSerialGC", "-XX:+UseG1GC")}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    try:
+        for rep in range(reps):
+            for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
+                steps.LOCAL_JVM = variants[name]  # read by local_java_options at each submit
+                out = work / f"gc-{name}"
+                runs[name].append(spark_submit(settings, images, out, model_doc))
+                shutil.rmtree(out, ignore_errors=True)
+            log(
+                f"collectors rep {rep + 1}/{reps}: "
+                + ", ".join(
+                    f"{n} {r[-1]['wall_s']:.1f} s {r[-1]['peak_rss_gib']} GiB" for n, r in runs.items()
+                )
+            )
+    finally:
+        steps.LOCAL_JVM = serial
+    return {
+        "images": sum(1 for p in images.rglob("*") if p.is_file()),
+        "raw_wall_s": {n: [round(r["wall_s"], 1) for r in v] for n, v in runs.items()},
+        "raw_peak_gib": {n: [r["peak_rss_gib"] for r in v] for n, v in runs.items()},
     }
 
 
@@ -508,7 +637,7 @@ def pca_agreement(features_dir: Path, k: int, reps: int) -> dict:
 
 
 def dag_run(settings: Settings, images: Path, work: Path) -> dict:
-    """R3, R7: one `airflow dags test` of fruits_pipeline, from a fresh metadata DB."""
+    """R3, R7: one `airflow dags test` of fruits_pipeline, from a fresh metadata DB and lake."""
     home, lake = work / "airflow", work / "lake"
     env = {
         **os.environ,
@@ -545,15 +674,21 @@ def dag_run(settings: Settings, images: Path, work: Path) -> dict:
 
 
 def scaling(
-    settings: Settings, root: Path, sizes: list[int], work: Path, model_doc: Path, reps: int = 1
+    settings: Settings,
+    root: Path,
+    sizes: list[int],
+    work: Path,
+    model_doc: Path,
+    reps: int = 1,
+    largest_reps: int = 1,
 ) -> list[dict]:
     """R8: the real featurize step at growing image counts: throughput and peak memory.
 
     With `reps` > 1, every size but the largest runs `reps` times, the sizes in turn (2,000,
-    8,000, 2,000, 8,000, ... then the largest once): their median walls, so that one slow start
-    does not set the reference rate the largest size is compared with.
+    8,000, 2,000, 8,000, ... then the largest `largest_reps` times): their median walls, so that
+    one slow start does not set the reference rate the largest size is compared with.
     """
-    order = [size for _ in range(reps) for size in sizes[:-1]] + sizes[-1:]
+    order = [size for _ in range(reps) for size in sizes[:-1]] + sizes[-1:] * largest_reps
     runs: dict[int, list[dict]] = {}
     for size in order:
         out = work / f"scale-{size}"
@@ -602,7 +737,7 @@ def _pairs(ratios: list[float]) -> str:
 
 def ratios(results: dict) -> list[tuple[str, str, str]]:
     """(ratio, value, raw figures) rows of the table."""
-    s, c, p, d = (results[k] for k in ("steady", "cold", "pca", "dag"))
+    s, c, p = (results[k] for k in ("steady", "cold", "pca"))
     scale = results["scaling"]
     gflops = max(results["matmul_gflops"].values())
     model_gflops = s["infer_img_s"] * GFLOP_PER_IMAGE
@@ -611,7 +746,17 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
     reps = len(s["raw_seconds"]["keras"])
     r1, r1b = paired(s["raw_seconds"], "keras", "spark"), paired(s["raw_seconds"], "engine", "spark")
     r = results["sync"]
-    r9 = paired(r["raw_seconds"], "content", "rsync")
+    r11 = paired(r["raw_seconds"], "content", "rsync")
+    r1_cold = paired(c["raw_seconds"], "plain", "spark_submit")
+    r1c = paired(c["raw_seconds"], "no_archive", "spark_submit")
+    e = s["engine_seconds"]
+    r4b, r5b = paired(e, "64_per_call", "one_per_call"), paired(e, "fresh_weights", "one_per_call")
+    opened = s["open_s"]
+    gc = results["collectors"]
+    r8b = sorted(g / c for g, c in zip(gc["raw_peak_gib"]["g1"], gc["raw_peak_gib"]["serial"], strict=True))
+    dags = results["dag"]
+    d = dags[-1]
+    r7 = sorted(x["wall_s"] / x["spark_steps_s"] for x in dags)
     return [
         (
             "R1 steady: Spark ÷ plain Keras throughput",
@@ -633,11 +778,21 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         ),
         (
             "R1 incl. start-up: Spark ÷ plain Keras throughput",
-            f"{c['plain_wall_s'] / c['spark_wall_s']:.2f}",
-            f"spark-submit featurize.py {c['spark_wall_s']:.1f} s (inside the step "
+            f"{median(r1_cold):.2f}",
+            f"spark-submit featurize.py ({c['master']}) {c['spark_wall_s']:.1f} s (inside the step "
             f"{c['spark_job_s']:.1f} s; phases {c['phases']}) vs a fresh plain-Keras process "
-            f"{c['plain_wall_s']:.1f} s for the same {s['images']} images, "
-            f"medians of {len(c['model_builds'])}",
+            f"{c['plain_wall_s']:.1f} s for the same {s['images']} images, both from weights prepared on "
+            f"disk; medians of {len(r1_cold)}; {_pairs(r1_cold)}",
+        ),
+        (
+            "R1c: featurize step without ÷ with the JVM class archive (wall)",
+            f"{median(r1c):.2f}" if c["archive_used"] else "n/a",
+            (
+                f"{c['no_archive_wall_s']:.1f} s vs {c['spark_wall_s']:.1f} s "
+                f"(saves {c['no_archive_wall_s'] - c['spark_wall_s']:.1f} s per step); {_pairs(r1c)}"
+            )
+            if c["archive_used"]
+            else "no class archive built (make bench builds it)",
         ),
         (
             "R2: model builds ÷ Python workers",
@@ -647,9 +802,10 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         ),
         (
             "R3: featurizations ÷ images, whole DAG run",
-            f"{d['executed'] / d['images']:.2f}",
-            f"{d['executed']} model featurizations (worker log lines in all task logs of one "
-            f"`airflow dags test`) for {d['images']} images",
+            ", ".join(f"{x['executed'] / x['images']:.2f}" for x in dags),
+            f"model featurizations (worker log lines in all task logs) ÷ images, in each of {len(dags)} "
+            f"`airflow dags test` runs from a fresh metadata DB: {[x['executed'] for x in dags]} for "
+            f"{d['images']} images",
         ),
         (
             "R4: decode+resize ÷ inference time",
@@ -658,10 +814,29 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             "ONNX Runtime)",
         ),
         (
+            "R4b: engine, one image per call ÷ 64 per call (rate)",
+            f"{median(r4b):.2f}",
+            f"one thread, {s['engine_images']} decoded images: {_pairs(r4b)}; outputs max abs diff "
+            f"{s['per_call_max_abs_diff']:.1e}",
+        ),
+        (
+            "R4c: opening the model: Keras build+trace ÷ ONNX Runtime session",
+            f"{median(opened['keras_build_trace']) / median(opened['onnx_session']):.0f}",
+            f"session {median(opened['onnx_session']):.3f} s (median of {len(opened['onnx_session'])}), "
+            f"Keras build+trace+first call {median(opened['keras_build_trace']):.2f} s with TensorFlow "
+            f"imported, which takes {median(opened['tensorflow_import']):.2f} s in a fresh process",
+        ),
+        (
             "R5: model FLOP rate ÷ matmul FLOP rate",
             f"{model_gflops / gflops:.2f}",
             f"{s['infer_img_s']:.1f} img/s × {GFLOP_PER_IMAGE} GFLOP = {model_gflops:.1f} GFLOP/s vs "
             f"float32 matmul {results['matmul_gflops']} GFLOP/s",
+        ),
+        (
+            "R5b: engine, random:42 (calibrated) ÷ fresh-init weights (rate)",
+            f"{median(r5b):.2f}",
+            f"features' max {s['feature_scale']['calibrated']:.2f} vs {s['feature_scale']['fresh']:.1e}; "
+            f"one thread, one image per call; {_pairs(r5b)}",
         ),
         (
             "R6: Spark PCA fit ÷ numpy cov+eigh",
@@ -673,9 +848,10 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         ),
         (
             "R7: `airflow dags test` ÷ Spark steps wall",
-            f"{d['wall_s'] / d['spark_steps_s']:.2f}",
-            f"dags test {d['wall_s']:.1f} s, featurize+pca tasks {d['spark_steps_s']:.1f} s; "
-            f"all tasks {d['task_seconds']}",
+            f"{median(r7):.2f}",
+            f"dags test {[round(x['wall_s'], 1) for x in dags]} s, featurize+pca tasks "
+            f"{[round(x['spark_steps_s'], 1) for x in dags]} s ({d['images']} images); run by run "
+            f"{[round(x, 2) for x in r7]}; the last run's tasks {d['task_seconds']}",
         ),
         (
             "R8: throughput by image count",
@@ -692,11 +868,19 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{max(r['peak_python_worker_gib'] for r in scale)} GiB",
         ),
         (
-            "R9: unchanged re-upload, content rule ÷ rsync's",
-            f"{median(r9):.2f}",
+            "R8b: featurize step's peak memory, G1 ÷ serial collector",
+            f"{median(r8b):.2f}",
+            f"{gc['images']} images, whole process tree: serial {gc['raw_peak_gib']['serial']} GiB in "
+            f"{gc['raw_wall_s']['serial']} s, G1 {gc['raw_peak_gib']['g1']} GiB in "
+            f"{gc['raw_wall_s']['g1']} s; "
+            f"{_pairs(r8b)}",
+        ),
+        (
+            "R11: unchanged re-upload, content rule ÷ rsync's",
+            f"{median(r11):.2f}",
             f"{r['images']} unchanged images re-synced: same size and SHA-256 (the sync's rule) "
             f"{median(r['raw_seconds']['content']):.2f} s vs same size and mtime "
-            f"{median(r['raw_seconds']['rsync']):.2f} s, medians of {len(r9)}; {_pairs(r9)}",
+            f"{median(r['raw_seconds']['rsync']):.2f} s, medians of {len(r11)}; {_pairs(r11)}",
         ),
     ]
 
@@ -714,14 +898,14 @@ def _rsync_copy(src: Path, dest: Path, size: int, digest: str) -> str:
 
 
 def unchanged_rule(source: Path, work: Path, reps: int = 5) -> dict:
-    """R9: the upload of a folder the lake already holds, with the sync's content rule and with rsync's.
+    """R11: the upload of a folder the lake already holds, with the sync's content rule and with rsync's.
 
     Both hash every source file (the run's input listing needs its SHA-256); the content rule also
     reads the lake's copy. Interleaved, rep by rep, each into its own copy of the lake.
     """
     from orchard.storage import sync
 
-    lakes = {"content": work / "r9-content", "rsync": work / "r9-rsync"}
+    lakes = {"content": work / "r11-content", "rsync": work / "r11-rsync"}
     for lake in lakes.values():
         sync.sync_folder(source, lake)
     content_copy = sync._copy
@@ -817,7 +1001,9 @@ def report(results: dict) -> str:
         f"Python {m['python']}, {m['java']}",
         f"ONNX Runtime {m['onnxruntime']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"PySpark {m['pyspark']}, numpy {m['numpy']}, pandas {m['pandas']}, pyarrow {m['pyarrow']}",
-        f"Batch {BATCH}, weights random:{WEIGHTS_SEED}, generated 100x100 fruit images, Spark local[2].",
+        f"Batch {BATCH}, weights random:{WEIGHTS_SEED}, generated 100x100 fruit images. Spark "
+        f"local[{results['steady']['threads']}] for R1/R1b steady and {results['cold']['master']} for R1 "
+        "incl. start-up (as many as plain Keras's threads); the steps of R2, R8 and the DAG runs: local[2].",
         "",
         "| ratio | value | raw figures |",
         "|---|---|---|",
@@ -830,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600, help="images for R1, R4, R5, R7 (default 600)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions of the steady-state pair")
-    parser.add_argument("--cold-reps", type=int, default=2, help="repetitions of the cold pair")
+    parser.add_argument("--cold-reps", type=int, default=3, help="repetitions of the cold variants")
+    parser.add_argument("--run-reps", type=int, default=2, help="repetitions of the DAG run, R8 and R8b")
     parser.add_argument("--sizes", default="500,2000,8000", help="image counts for R8")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep generated images and outputs here")
@@ -862,8 +1049,12 @@ def main(argv: list[str] | None = None) -> int:
         results["matmul_gflops"] = matmul_gflops()
         results["steady"] = steady_state(settings, images, paths, args.reps, model_doc)
         results["cold"] = cold_start(settings, images, work, args.cold_reps, model_doc)
-        results["dag"] = dag_run(settings, images, work / "dag")
-        results["scaling"] = scaling(settings, work, sizes, work, model_doc)
+        results["dag"] = [dag_run(settings, images, work / f"dag-{rep}") for rep in range(args.run_reps)]
+        results["scaling"] = scaling(
+            settings, work, sizes, work, model_doc, reps=args.run_reps, largest_reps=args.run_reps
+        )
+        results["collectors"] = jvm_collectors(settings, work / f"n{sizes[1 if len(sizes) > 1 else 0]}",
+                                               work, args.run_reps, model_doc)  # fmt: skip
         results["pca"] = pca_agreement(work / f"scale-{sizes[-1]}" / "features", k=50, reps=5)
         results["sync"] = unchanged_rule(work / f"n{sizes[-1]}", work)
         results["total_s"] = round(time.perf_counter() - started, 1)
