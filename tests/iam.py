@@ -180,6 +180,8 @@ def s3_requests(call: Call, upload_encryption: dict[str, dict]) -> list[Request]
         return [Request("s3:ListBucket", f"arn:aws:s3:::{bucket}", context, name)]
     if name == "GetBucketEncryption":
         return [Request("s3:GetEncryptionConfiguration", f"arn:aws:s3:::{bucket}", {}, name)]
+    if name == "GetBucketLocation":
+        return [Request("s3:GetBucketLocation", f"arn:aws:s3:::{bucket}", {}, name)]
     if name in {"GetObject", "HeadObject"}:
         return [Request("s3:GetObject", obj, {}, name)]
     if name in {"PutObject", "CreateMultipartUpload"}:

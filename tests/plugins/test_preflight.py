@@ -71,7 +71,8 @@ def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tm
     checks = run(aws, tmp_path, ORCHARD_KMS_KEY_ID=key["KeyId"], ORCHARD_EMR_SUBNET_ID=subnet)
 
     assert problems(checks) == []
-    assert len(checks) == 9  # bucket, encryption, 2 roles, release, instance type, subnet, key, key use
+    # bucket, its region, encryption, 2 roles, release, instance type, subnet, key, key use
+    assert len(checks) == 10
     requests_made = iam.requests_for(calls)
     assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
 
@@ -96,6 +97,27 @@ def test_bucket_without_default_encryption(aws, tmp_path):
     assert found.startswith(
         "PROBLEM ORCHARD_LAKE=s3://orchard-lake/prod encryption: bucket 'orchard-lake' has no default"
     )
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+@pytest.mark.parametrize(("location", "region"), [("eu-central-1", "eu-central-1"), (None, "us-east-1")])
+def test_bucket_in_another_region(aws, tmp_path, location, region):
+    s3 = aws.client("s3", region_name=region)
+    config = {"CreateBucketConfiguration": {"LocationConstraint": location}} if location else {}
+    s3.create_bucket(Bucket="lake-elsewhere", **config)
+    s3.put_bucket_encryption(
+        Bucket="lake-elsewhere",
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    found = problems(run(aws, tmp_path, ORCHARD_LAKE="s3://lake-elsewhere/prod"))
+    assert found == [
+        f"PROBLEM ORCHARD_AWS_REGION=eu-west-1: bucket 'lake-elsewhere' is in {region}: "
+        f"set ORCHARD_AWS_REGION={region}, or use a bucket in eu-west-1"
+    ]
 
 
 @pytest.mark.backs(

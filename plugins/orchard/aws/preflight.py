@@ -101,6 +101,7 @@ def check_lake(s3: S3Client, settings: Settings) -> list[Check]:
             ]
         return [Check(setting, False, f"bucket {bucket!r} cannot be reached: {_code(exc) or exc}")]
     checks = [Check(setting, True, f"bucket {bucket!r} is reachable with these credentials")]
+    checks.append(check_bucket_region(s3, bucket, settings.region))
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
         default = rules[0]["ApplyServerSideEncryptionByDefault"]
@@ -124,6 +125,28 @@ def check_lake(s3: S3Client, settings: Settings) -> list[Check]:
             detail = f"cannot read the default encryption of {bucket!r}: {_code(exc)}"
             checks.append(Check(f"{setting} encryption", False, detail))
     return checks
+
+
+def bucket_region(location: str | None) -> str:
+    """The region of a GetBucketLocation answer: None is us-east-1, the legacy "EU" is eu-west-1
+    (Amazon S3 API Reference, GetBucketLocation)."""
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location or "us-east-1")
+
+
+def check_bucket_region(s3: S3Client, bucket: str, region: str) -> Check:
+    """The bucket is in the region the cluster runs in (and the data stays where the user put it)."""
+    setting = f"ORCHARD_AWS_REGION={region}"
+    try:
+        where = bucket_region(s3.get_bucket_location(Bucket=bucket).get("LocationConstraint"))
+    except ClientError as exc:
+        return Check(setting, False, f"cannot read the region of bucket {bucket!r} ({_code(exc)})")
+    if where != region:
+        return Check(
+            setting,
+            False,
+            f"bucket {bucket!r} is in {where}: set ORCHARD_AWS_REGION={where}, or use a bucket in {region}",
+        )
+    return Check(setting, True, f"bucket {bucket!r} is in {region}, where the cluster runs")
 
 
 def check_roles(iam: IAMClient, settings: Settings) -> tuple[list[Check], str | None]:
