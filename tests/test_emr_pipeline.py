@@ -11,6 +11,7 @@ imported it from: the test checks that it was the shipped zip.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import os
@@ -99,12 +100,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def spark_standalone(tmp_path):
-    """A Spark standalone master and two one-core workers (pyspark's own spark-class), stopped after."""
-    import pyspark
+SPARK35_PYTHON = ROOT / ".venv-spark35" / "bin" / "python"
 
-    home = Path(pyspark.__file__).parent
+
+@pytest.fixture(params=["spark-4.2", "spark-3.5"])
+def spark_line(request) -> dict:
+    """The Spark the stand-in's cluster runs: the Airflow venv's pyspark 4.2, or EMR's line (3.5) from
+    .venv-spark35, which cannot share the Airflow venv. Its Python plays the nodes' Python."""
+    if request.param == "spark-4.2":
+        import pyspark
+
+        return {"python": sys.executable, "home": Path(pyspark.__file__).parent}
+    if not SPARK35_PYTHON.exists():
+        pytest.skip(f"needs {SPARK35_PYTHON}: `make test-spark35` builds it")
+    found = subprocess.run(
+        [str(SPARK35_PYTHON), "-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {"python": str(SPARK35_PYTHON), "home": Path(found.stdout.strip())}
+
+
+@pytest.fixture
+def spark_standalone(tmp_path, spark_line):
+    """A Spark standalone master and two one-core workers (pyspark's own spark-class), stopped after."""
+    home = spark_line["home"]
     spark_class = home / "bin" / "spark-class"
     if not spark_class.exists():
         pytest.skip(f"{spark_class} not found")
@@ -117,7 +136,8 @@ def spark_standalone(tmp_path):
     port = free_port()
     master_url = f"spark://127.0.0.1:{port}"
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    base |= {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+    base |= {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
+             "PYSPARK_PYTHON": spark_line["python"]}  # fmt: skip
     procs, logs = [], []
 
     def start(name, args, env):
@@ -143,7 +163,7 @@ def spark_standalone(tmp_path):
             assert time.monotonic() < deadline, "workers did not register:\n" + logs[-1].read_text()[-2000:]
             assert all(p.poll() is None for p in procs), "a Spark daemon exited"
             time.sleep(0.5)
-        yield {"master": master_url, "imports": imports, "pids": [p.pid for p in procs]}
+        yield {"master": master_url, "imports": imports, "pids": [p.pid for p in procs], **spark_line}
     finally:
         stop_process_groups(procs)
 
@@ -151,9 +171,12 @@ def spark_standalone(tmp_path):
 class EmrStandIn(threading.Thread):
     """Runs (or fails) the steps moto receives; see the module docstring."""
 
-    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = (), master: str = "local[2]"):
+    def __init__(self, s3, workdir: Path, fail: tuple[str, ...] = (), master: str = "local[2]",
+                 python: str = sys.executable, home: Path | None = None):  # fmt: skip
         super().__init__(daemon=True)
         self.s3, self.workdir, self.fail, self.master = s3, workdir, fail, master
+        # The nodes' Python and Spark: spark-submit of that pyspark, its Python on the "nodes".
+        self.python, self.home = python, home
         self.done = threading.Event()
         self.handled: set[str] = set()
         self.errors: list[str] = []
@@ -172,6 +195,7 @@ class EmrStandIn(threading.Thread):
             time.sleep(0.2)
 
     def execute(self, cluster, step):
+        step.start_date_time = datetime.datetime.now(datetime.UTC)  # EMR's Timeline.StartDateTime
         if step.name in self.fail:
             log_prefix = cluster.log_uri.removeprefix(f"s3://{BUCKET}/").rstrip("/")
             log = f"INFO starting\nTraceback (most recent call last):\n{STDERR_TAIL}\n"
@@ -191,20 +215,24 @@ class EmrStandIn(threading.Thread):
 
         args = list(step.args)
         assert args[:4] == ["spark-submit", "--deploy-mode", "client", "--py-files"], args
-        command = ["spark-submit", "--master", self.master, "--deploy-mode", "client"]
+        submit = str(self.home / "bin" / "spark-submit") if self.home else "spark-submit"
+        command = [submit, "--master", self.master, "--deploy-mode", "client"]
         command += ["--py-files", local(args[4]).removeprefix("file://")]
         rest = args[5:]
         while rest[0] == "--conf":
-            command += ["--conf", rest[1].replace(NODE_PYTHON, sys.executable)]
+            command += ["--conf", rest[1].replace(NODE_PYTHON, self.python)]
             rest = rest[2:]
         for key, value in STANDIN_SIZING.items():  # later --conf wins
             command += ["--conf", f"{key}={value}"]
         command += [local(rest[0]).removeprefix("file://"), *[local(a) for a in rest[1:]]]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the zip must carry the modules
+        env |= {"PYSPARK_PYTHON": self.python, "PYSPARK_DRIVER_PYTHON": self.python}
+        if self.home:
+            env["SPARK_HOME"] = str(self.home)
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"step {step.name} failed locally:\n{result.stderr[-3000:]}")
-        self.sync_up(mirror)
+        self.sync_up(mirror, cluster)
         step.state = "COMPLETED"
 
     def sync_down(self, mirror: Path):
@@ -219,12 +247,32 @@ class EmrStandIn(threading.Thread):
                     text = target.read_text(encoding="utf-8")
                     target.write_text(text.replace(f"s3://{BUCKET}/", f"file://{mirror}/"), encoding="utf-8")
 
-    def sync_up(self, mirror: Path):
-        """What the step wrote, encrypted as S3's default bucket encryption (SSE-S3) would."""
+    def sync_up(self, mirror: Path, cluster) -> None:
+        """What the step wrote, with the encryption the cluster's EMRFS configuration asks for
+        (`emrfs_sse`), as EMRFS writes it; none when the spec asks for none."""
+        extra = emrfs_sse(cluster.configurations)
+        self.written = []
         for path in mirror.rglob("*"):
             key = path.relative_to(mirror).as_posix()
             if path.is_file() and key not in self.present:
-                self.s3.upload_file(str(path), BUCKET, key, ExtraArgs={"ServerSideEncryption": "AES256"})
+                self.s3.upload_file(str(path), BUCKET, key, ExtraArgs=extra)
+                self.written.append((key, extra))
+
+
+def emrfs_sse(configurations: list[dict]) -> dict[str, str]:
+    """The S3 encryption EMRFS applies to its writes, from the cluster's emrfs-site classification:
+    SSE-S3 with fs.s3.enableServerSideEncryption, SSE-KMS when a key id is set too (EMR Release Guide,
+    "Specifying Amazon S3 encryption using EMRFS properties",
+    /emr/latest/ReleaseGuide/emr-emrfs-encryption.html); nothing otherwise."""
+    props = next(
+        (c.get("Properties", {}) for c in configurations if c.get("Classification") == "emrfs-site"), {}
+    )
+    if props.get("fs.s3.enableServerSideEncryption") != "true":
+        return {}
+    key = props.get("fs.s3.serverSideEncryption.kms.keyId")
+    return (
+        {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key} if key else {"ServerSideEncryption": "AES256"}
+    )
 
 
 def check_model_document(s3, featurize_args: list[str]) -> None:
@@ -262,7 +310,10 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     model.set_weights(random_weights(9))
     model.save_weights(weights_file)
 
-    stand_in = EmrStandIn(s3, tmp_path, master=spark_standalone["master"])
+    stand_in = EmrStandIn(
+        s3, tmp_path, master=spark_standalone["master"], python=spark_standalone["python"],
+        home=spark_standalone["home"],
+    )  # fmt: skip
     ignored.append(stand_in.s3)
     stand_in.start()
     try:
@@ -271,8 +322,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
         )
     finally:
         stand_in.done.set()
-    assert stand_in.errors == []
-    assert run.state == "success"
+    assert (stand_in.errors, run.state) == ([], "success")
     check_executor_imports(spark_standalone["imports"])
 
     (cluster,) = clusters().values()
@@ -305,6 +355,10 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     # nothing that no call needs but the documented rest.
     requests_made = check_policy(calls)
     assert iam.unused_grants(iam.airflow_policy(BUCKET, "lake"), requests_made) == set(NOT_EXERCISED)
+
+    # The steps' outputs were written as the spec's EMRFS configuration asks: SSE-S3 (the bucket's
+    # default encryption would cover a write without it, so the stand-in's own record is checked).
+    assert {extra.get("ServerSideEncryption") for _, extra in stand_in.written} == {"AES256"}
 
     # Uploaded images are encrypted and a re-run would skip them.
     image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import re
 import shutil
@@ -195,6 +196,17 @@ def test_bootstrap_requirements_use_the_project_pins():
     assert not {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx"} & {n for n, _ in nodes}
 
 
+def started_step(cluster_id: str) -> None:
+    """Give the cluster's step in moto the start time a step that ran has (moto leaves it unset)."""
+    import datetime
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.emr.models import emr_backends
+
+    (step,) = emr_backends[DEFAULT_ACCOUNT_ID]["eu-west-1"].clusters[cluster_id].steps
+    step.start_date_time = datetime.datetime.now(datetime.UTC)
+
+
 @mock_aws
 @pytest.mark.backs("an EMR step fails before EMR has uploaded its log (it does so about every five minutes)")
 def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(capfd, monkeypatch):
@@ -205,6 +217,7 @@ def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(ca
     cluster_id = client.run_job_flow(**spec())["JobFlowId"]
     step = emr.spark_step("orchard-pca", "s3://b/a/pca.py", [], py_files="s3://b/a/j.zip")
     (step_id,) = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"]
+    started_step(cluster_id)  # it ran, and failed
     sensor = emr.ImageStepSensor(
         task_id="wait_pca", job_flow_id=cluster_id, step_id=step_id, images=1,
         log_uri="s3://orchard-lake/prod/emr-logs/", base_seconds=60, seconds_per_image=0,
@@ -355,7 +368,7 @@ def test_a_retried_create_cluster_re_attaches_to_the_cluster_of_its_run():
     # A cluster that has ended is not re-attached to: the next try of its run starts a new one.
     client.terminate_job_flows(JobFlowIds=[first])
     again = try_create(spec())
-    assert again not in (first, other)
+    assert again not in {first, other}
     # A cluster of the same name with another DAG's tag is not taken for this run's; nor is any
     # cluster for a spec without the run's tags.
     assert emr.run_cluster(client, spec(dag_id="another_dag")) is None
@@ -384,3 +397,48 @@ def test_a_retried_add_steps_returns_the_step_already_on_the_cluster():
     second = try_add(["--attempt", "2"])
     assert second != first
     assert len(client.list_steps(ClusterId=cluster_id)["Steps"]) == 2
+
+
+@pytest.mark.backs("the cluster itself fails (bootstrap, roles, KMS, capacity) and its steps are cancelled")
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (
+            "BOOTSTRAP_FAILURE",
+            "On the master instance (i-0abc), bootstrap action 1 returned a non-zero return code",
+        ),
+        ("VALIDATION_ERROR", "Service role EMR_DefaultRole has insufficient EC2 permissions"),
+        ("INSTANCE_FAILURE", "Instance i-0def failed: The requested number of instances exceeds your quota"),
+    ],
+)
+def test_steps_cancelled_by_a_failed_cluster_are_explained_by_the_cluster(code, message):
+    """botocore's Stubber checks these responses against EMR's service model; S3 is never asked for a
+    stderr that cannot exist (the stubbed S3 client has no response to give)."""
+    from botocore.stub import Stubber
+
+    emr_client = boto3.client("emr", region_name="eu-west-1")
+    s3_client = boto3.client("s3", region_name="eu-west-1")
+    created = datetime.datetime(2026, 12, 5, 8, 0, tzinfo=datetime.UTC)
+    with Stubber(emr_client) as emr_stub, Stubber(s3_client):
+        emr_stub.add_response(
+            "describe_step",
+            {"Step": {"Id": "s-1", "Name": "orchard-featurize", "Status": {
+                "State": "CANCELLED", "Timeline": {"CreationDateTime": created}}}},
+            {"ClusterId": "j-1", "StepId": "s-1"},
+        )  # fmt: skip
+        emr_stub.add_response(
+            "describe_cluster",
+            {"Cluster": {"Id": "j-1", "Name": "orchard-run", "Status": {
+                "State": "TERMINATED_WITH_ERRORS", "StateChangeReason": {"Code": code, "Message": message}}}},
+            {"ClusterId": "j-1"},
+        )  # fmt: skip
+        lines = emr.failure_report(
+            emr_client, s3_client, "s3://lake/prod/emr-logs/", "j-1", "s-1", attempts=1
+        )
+
+    text = "\n".join(lines)
+    assert "EMR step s-1 (orchard-featurize) is CANCELLED" in text
+    assert f"EMR cluster j-1 is TERMINATED_WITH_ERRORS: {code}: {message}" in text
+    assert "never started, so it has no stderr" in text
+    assert "aws s3 ls --recursive s3://lake/prod/emr-logs/j-1/node/" in text
+    assert "not in S3 yet" not in text

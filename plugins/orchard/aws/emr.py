@@ -118,7 +118,12 @@ def job_flow_spec(
 
 
 def emrfs_encryption(settings: Settings) -> dict[str, str]:
-    """EMRFS properties for server-side encryption: SSE-KMS with the configured key, else SSE-S3."""
+    """EMRFS properties for server-side encryption: SSE-KMS with the configured key, else SSE-S3.
+
+    EMR Release Guide, "Specifying Amazon S3 encryption using EMRFS properties"
+    (/emr/latest/ReleaseGuide/emr-emrfs-encryption.html); a security configuration, where one is
+    set, overrides them.
+    """
     props = {"fs.s3.enableServerSideEncryption": "true"}
     if settings.kms_key_id:
         props["fs.s3.serverSideEncryption.kms.keyId"] = settings.kms_key_id
@@ -347,30 +352,55 @@ class ImageStepSensor(EmrStepSensor):
             raise
 
     def log_failure(self) -> None:
-        """Log the step's state, failure details and stderr tail (best effort: never masks the error)."""
+        """Log why the step failed (best effort: never masks the error)."""
         try:
-            emr: EMRClient = self.hook.conn
-            step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
-            status = step["Status"]
-            details = status.get("FailureDetails", {})
-            self.log.error(
-                "EMR step %s (%s) is %s: %s %s (log file: %s)",
-                self.step_id, step.get("Name"), status.get("State"), details.get("Reason", ""),
-                details.get("Message", ""), details.get("LogFile", "-"),
-            )  # fmt: skip
             s3, _ = clients.s3_access(self.region_name, {}, conn_id=self.aws_conn_id)
-            tail = stderr_tail(
-                s3, self.log_uri, self.job_flow_id, self.step_id, attempts=self.log_wait_attempts,
-                delay=self.log_wait_delay,
-            )  # fmt: skip
-            if tail is None:
-                uri = stderr_uri(self.log_uri, self.job_flow_id, self.step_id)
-                waited = max(self.log_wait_attempts - 1, 0) * self.log_wait_delay
-                self.log.error(missing_log_message(self.step_id, uri, details.get("LogFile"), waited))
-            else:
-                self.log.error("Last lines of the step's stderr:\n%s", tail)
+            for line in failure_report(
+                self.hook.conn, s3, self.log_uri, str(self.job_flow_id), str(self.step_id),
+                attempts=self.log_wait_attempts, delay=self.log_wait_delay,
+            ):  # fmt: skip
+                self.log.error("%s", line)
         except Exception as exc:  # diagnostics must not replace the real failure
             self.log.warning("Could not read the failed step's diagnostics: %s", exc)
+
+
+# The cluster itself failed: its steps end CANCELLED (or never start), and have no stderr.
+CLUSTER_FAILURES = {"TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"}
+
+
+def failure_report(emr_client: EMRClient, s3_client: S3Client, log_uri: str, cluster_id: str, step_id: str,
+                   attempts: int = 10, delay: float = 15.0) -> list[str]:  # fmt: skip
+    """What to tell the user about a failed or cancelled step: its state and failure details, and
+    either its stderr tail (waiting while EMR uploads it) or, when the step never started because
+    the cluster failed (bootstrap, roles, KMS, capacity), the cluster's own reason and where its
+    nodes' logs are. Codes: EMR API Reference, ClusterStateChangeReason."""
+    step = emr_client.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+    status = step["Status"]
+    details = status.get("FailureDetails", {})
+    lines = [
+        f"EMR step {step_id} ({step.get('Name')}) is {status.get('State')}: {details.get('Reason', '')} "
+        f"{details.get('Message', '')} (log file: {details.get('LogFile', '-')})"
+    ]
+    cluster = emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+    reason = cluster.get("StateChangeReason", {})
+    started = status.get("Timeline", {}).get("StartDateTime") is not None
+    state, code = cluster.get("State"), reason.get("Code")
+    if state in CLUSTER_FAILURES and code not in {None, "ALL_STEPS_COMPLETED"}:
+        lines.append(f"EMR cluster {cluster_id} is {state}: {code}: {reason.get('Message', '')}")
+    if not started:
+        nodes = f"{log_uri.rstrip('/')}/{cluster_id}/node/"
+        lines.append(
+            f"Step {step_id} never started, so it has no stderr. The nodes' logs (bootstrap actions under "
+            f"<instance id>/bootstrap-actions/) are at {nodes}: `aws s3 ls --recursive {nodes}`."
+        )
+        return lines
+    tail = stderr_tail(s3_client, log_uri, cluster_id, step_id, attempts=attempts, delay=delay)
+    if tail is None:
+        uri = stderr_uri(log_uri, cluster_id, step_id)
+        lines.append(missing_log_message(step_id, uri, details.get("LogFile"), max(attempts - 1, 0) * delay))
+    else:
+        lines.append(f"Last lines of the step's stderr:\n{tail}")
+    return lines
 
 
 def cluster_cost(
