@@ -12,6 +12,13 @@ and the StringEquals/StringNotEquals/StringLike/ArnLike/ArnEquals/Null operators
 does not carry makes a positive operator false and a negated one true, as AWS documents
 ("IAM JSON policy elements: Condition operators",
 /IAM/latest/UserGuide/reference_policies_elements_condition_operators.html).
+
+It refuses a statement that conditions an action on a key the action does not support: the
+Service Authorization Reference lists, per action and resource type, the keys it supports; the
+machine-readable copy is the IAM definition bundled with parliament. With such a key, AWS either
+never matches the statement or never includes the key, so what a test passed on is not what AWS does.
+Global keys (aws:SourceIp, aws:SecureTransport, ...) apply to every action; the tag keys
+(aws:RequestTag/*, aws:ResourceTag/*, aws:TagKeys) only where the definition lists them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +90,80 @@ def _condition_holds(operator: str, key: str, patterns: list, context: Mapping[s
     return not hit if negated else hit
 
 
+# Global condition keys that only some actions support: they must be listed for the action.
+SERVICE_LISTED_GLOBALS = ("aws:RequestTag/", "aws:ResourceTag/", "aws:TagKeys")
+
+
+class UnsupportedConditionKey(ValueError):
+    """A statement conditions an action on a key the action does not support."""
+
+
+@cache
+def _definitions() -> dict[str, dict]:
+    """parliament's bundled IAM definition (the Service Authorization Reference), by service prefix."""
+    import parliament
+
+    bundled = Path(parliament.__file__).with_name("iam_definition.json")
+    return {service["prefix"]: service for service in json.loads(bundled.read_text(encoding="utf-8"))}
+
+
+@cache
+def supported_condition_keys(action: str) -> tuple[str, ...]:
+    """Condition keys `service:Action` supports: those of its entries and of its resource types."""
+    prefix, _, name = action.partition(":")
+    service = _definitions()[prefix]
+    privilege = next((p for p in service["privileges"] if p["privilege"].lower() == name.lower()), None)
+    if privilege is None:
+        raise KeyError(f"{action} is not in the Service Authorization Reference")
+    resource_keys = {r["resource"]: r["condition_keys"] for r in service["resources"]}
+    keys: set[str] = set()
+    for entry in privilege["resource_types"]:
+        keys.update(entry["condition_keys"])
+        keys.update(resource_keys.get(entry["resource_type"].rstrip("*"), []))
+    return tuple(sorted(keys))
+
+
+def supports(action: str, key: str) -> bool:
+    """Whether `action` supports condition key `key` (global keys always, but the tag keys)."""
+    if key.lower().startswith("aws:") and not key.lower().startswith(
+        tuple(k.lower() for k in SERVICE_LISTED_GLOBALS)
+    ):
+        return True
+    for listed in supported_condition_keys(action):
+        pattern = re.sub(r"\$\{TagKey\}|<key>", "*", listed)
+        if _wildcard(pattern, key, ignore_case=True):
+            return True
+    return False
+
+
+def unsupported_condition_keys(policy: Mapping[str, Any], actions: Iterable[str]) -> list[str]:
+    """'Sid: action does not support key' for each of `actions` a statement conditions wrongly."""
+    found = []
+    for statement in _listed(policy["Statement"]):
+        keys = [key for block in statement.get("Condition", {}).values() for key in block]
+        for action in actions:
+            if any(_wildcard(a, action, ignore_case=True) for a in _listed(statement["Action"])):
+                found += [
+                    f"{statement.get('Sid', '?')}: {action} does not support {key}"
+                    for key in keys
+                    if not supports(action, key)
+                ]
+    return found
+
+
 def statement_matches(statement: Mapping[str, Any], request: Request) -> bool:
-    """Whether a statement applies to a request (action, resource and every condition)."""
+    """Whether a statement applies to a request (action, resource and every condition).
+
+    Raises UnsupportedConditionKey when the statement conditions the request's action on a key the
+    action does not support.
+    """
     if not any(_wildcard(a, request.action, ignore_case=True) for a in _listed(statement["Action"])):
         return False
     if not any(_wildcard(r, request.resource) for r in _listed(statement.get("Resource", "*"))):
         return False
+    bad = unsupported_condition_keys({"Statement": [statement]}, [request.action])
+    if bad:
+        raise UnsupportedConditionKey("; ".join(bad) + " (Service Authorization Reference)")
     for operator, keys in statement.get("Condition", {}).items():
         for key, patterns in keys.items():
             if not _condition_holds(operator, key, _listed(patterns), request.context):
@@ -229,10 +305,11 @@ def emr_requests(call: Call, cluster_tags: dict[str, list]) -> list[Request]:
             # "Using an auto-termination policy" (EMR Management Guide,
             # /emr/latest/ManagementGuide/emr-auto-termination-policy.html): applying a policy needs
             # elasticmapreduce:PutAutoTerminationPolicy, also when it comes with RunJobFlow.
+            # The action supports no condition key (its only resource type, cluster, has none
+            # listed for it): the request carries none here, and the evaluator refuses a statement
+            # that conditions it on one.
             out.append(
-                Request(
-                    "elasticmapreduce:PutAutoTerminationPolicy", cluster_arn + cluster_id, request_tags, name
-                )
+                Request("elasticmapreduce:PutAutoTerminationPolicy", cluster_arn + cluster_id, {}, name)
             )
         # RunJobFlow's dependent action is iam:PassRole for both roles (Service Authorization
         # Reference, /service-authorization/latest/reference/list_amazonelasticmapreduce.html).
@@ -315,8 +392,17 @@ POLICY = Path(__file__).resolve().parents[1] / "plugins" / "orchard" / "aws" / "
 KMS_KEY = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
-def airflow_policy(bucket: str, prefix: str, kms_key: str = KMS_KEY, path: Path = POLICY) -> dict:
+def airflow_policy(
+    bucket: str, prefix: str, kms_key: str = KMS_KEY, path: Path = POLICY, region: str = "eu-west-1"
+) -> dict:
     """The shipped Airflow policy for a lake at s3://bucket/prefix in moto's account."""
     return load_policy(
-        path, {"LAKE_BUCKET": bucket, "LAKE_PREFIX": prefix, "ACCOUNT_ID": ACCOUNT, "KMS_KEY_ID": kms_key}
+        path,
+        {
+            "LAKE_BUCKET": bucket,
+            "LAKE_PREFIX": prefix,
+            "ACCOUNT_ID": ACCOUNT,
+            "KMS_KEY_ID": kms_key,
+            "REGION": region,
+        },
     )

@@ -35,20 +35,20 @@ def test_evaluator_matches_wildcards_and_conditions():
         allow, iam.Request("s3:GetObject", "arn:aws:s3:::b/P/x")
     )  # ARNs: exact case
     assert not iam.statement_matches(allow, iam.Request("s3:PutObject", "arn:aws:s3:::b/p/x"))
-    like = {**allow, "Condition": {"StringLike": {"s3:prefix": ["p", "p/*"]}}}
-    assert iam.statement_matches(
-        like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"s3:prefix": "p/a"})
-    )
-    assert not iam.statement_matches(
-        like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"s3:prefix": "q"})
-    )
+    bucket = "arn:aws:s3:::b"
+    listing = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket}
+    like = {**listing, "Condition": {"StringLike": {"s3:prefix": ["p", "p/*"]}}}
+    assert iam.statement_matches(like, iam.Request("s3:ListBucket", bucket, {"s3:prefix": "p/a"}))
+    assert not iam.statement_matches(like, iam.Request("s3:ListBucket", bucket, {"s3:prefix": "q"}))
     # A key the request does not carry: positive operators are false, negated ones true.
-    assert not iam.statement_matches(like, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
-    negated = {**allow, "Condition": {"StringNotEquals": {"k": "v"}}}
-    assert iam.statement_matches(negated, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
-    null = {**allow, "Condition": {"Null": {"k": "true"}}}
-    assert iam.statement_matches(null, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x"))
-    assert not iam.statement_matches(null, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x", {"k": "v"}))
+    assert not iam.statement_matches(like, iam.Request("s3:ListBucket", bucket))
+    put = {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/p/*"}
+    key = "s3:x-amz-server-side-encryption"
+    negated = {**put, "Condition": {"StringNotEquals": {key: "aws:kms"}}}
+    assert iam.statement_matches(negated, iam.Request("s3:PutObject", "arn:aws:s3:::b/p/x"))
+    null = {**put, "Condition": {"Null": {key: "true"}}}
+    assert iam.statement_matches(null, iam.Request("s3:PutObject", "arn:aws:s3:::b/p/x"))
+    assert not iam.statement_matches(null, iam.Request("s3:PutObject", "arn:aws:s3:::b/p/x", {key: "AES256"}))
     deny = {"Version": "2012-10-17", "Statement": [allow, {**allow, "Effect": "Deny"}]}
     assert iam.decide(deny, iam.Request("s3:GetObject", "arn:aws:s3:::b/p/x")) == "deny"
 
@@ -171,3 +171,30 @@ def test_the_classic_deny_without_the_header_policy_refuses_multipart_uploads():
 def test_the_bucket_policy_docs_aws_md_shows_is_the_shipped_one():
     shipped = json.loads(BUCKET_POLICY.read_text(encoding="utf-8"))
     assert shipped in documented_bucket_policies()
+
+
+@pytest.mark.backs("least-privilege IAM policy")
+def test_the_evaluator_refuses_condition_keys_an_action_does_not_support():
+    """The Service Authorization Reference (parliament's bundled copy) lists no aws:RequestTag key for
+    PutAutoTerminationPolicy: the statement shipped before conditioned it on one."""
+    earlier = {
+        "Sid": "SetTheIdleTimeoutOnCreate",
+        "Effect": "Allow",
+        "Action": ["elasticmapreduce:PutAutoTerminationPolicy"],
+        "Resource": f"arn:aws:elasticmapreduce:*:{iam.ACCOUNT}:cluster/*",
+        "Condition": {"StringEquals": {"aws:RequestTag/project": "orchard"}},
+    }
+    request = iam.Request(
+        "elasticmapreduce:PutAutoTerminationPolicy", CLUSTER, {"aws:RequestTag/project": "orchard"}
+    )
+    with pytest.raises(iam.UnsupportedConditionKey, match="does not support aws:RequestTag/project"):
+        iam.decide({"Statement": [earlier]}, request)
+    # The keys the shipped statements use are supported by every action they grant.
+    actions = {a for s in POLICY["Statement"] for a in iam._listed(s["Action"])}
+    assert iam.unsupported_condition_keys(POLICY, sorted(actions)) == []
+    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    assert iam.unsupported_condition_keys(bucket_policy, ["s3:PutObject", "s3:GetObject"]) == []
+    # Tag keys are taken where the reference lists them: RunJobFlow's request tags, a cluster's tags.
+    assert iam.supports("elasticmapreduce:RunJobFlow", "aws:RequestTag/project")
+    assert iam.supports("elasticmapreduce:DescribeCluster", "aws:ResourceTag/project")
+    assert not iam.supports("elasticmapreduce:ListClusters", "aws:ResourceTag/project")
