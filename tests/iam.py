@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 ACCOUNT = "123456789012"  # moto's default account
+# Service-linked roles live under a path of their service: part of their ARN.
+SERVICE_ROLE_PATHS = {"AWSServiceRoleForEMRCleanup": "aws-service-role/elasticmapreduce.amazonaws.com/"}
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,18 @@ def emr_requests(call: Call, cluster_tags: dict[str, list]) -> list[Request]:
             out.append(
                 Request("elasticmapreduce:PutAutoTerminationPolicy", cluster_arn + cluster_id, {}, name)
             )
+        # At an account's first cluster EMR creates its service-linked cleanup role with the
+        # caller's permissions ("Using service-linked roles for Amazon EMR for cleanup"); moto's
+        # account never has it.
+        out.append(
+            Request(
+                "iam:CreateServiceLinkedRole",
+                f"arn:aws:iam::{ACCOUNT}:role/{SERVICE_ROLE_PATHS['AWSServiceRoleForEMRCleanup']}"
+                "AWSServiceRoleForEMRCleanup",
+                {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"},
+                name,
+            )
+        )
         # RunJobFlow's dependent action is iam:PassRole for both roles (Service Authorization
         # Reference, /service-authorization/latest/reference/list_amazonelasticmapreduce.html).
         for role, service in ((p["ServiceRole"], "elasticmapreduce"), (p["JobFlowRole"], "ec2")):
@@ -369,7 +383,8 @@ def requests_for(calls: Iterable[Call]) -> list[Request]:
         elif call.service == "emr":
             out += emr_requests(call, cluster_tags)
         elif call.service == "iam" and call.operation == "GetRole":
-            role = f"arn:aws:iam::{ACCOUNT}:role/{call.params['RoleName']}"
+            name = call.params["RoleName"]
+            role = f"arn:aws:iam::{ACCOUNT}:role/{SERVICE_ROLE_PATHS.get(name, '')}{name}"
             out.append(Request("iam:GetRole", role, {}, call.operation))
         elif call.service == "iam" and call.operation == "GetInstanceProfile":
             name = call.params["InstanceProfileName"]

@@ -79,8 +79,15 @@ def test_clusters_are_created_tagged_with_auto_termination_and_only_our_roles_ar
         "elasticmapreduce:AddTags",
         "elasticmapreduce:PutAutoTerminationPolicy",
         "iam:PassRole",
+        "iam:CreateServiceLinkedRole",  # EMR's cleanup role, at an account's first cluster
     }
     assert iam.refused(POLICY, made) == []
+    other_service_role = iam.Request(
+        "iam:CreateServiceLinkedRole",
+        f"arn:aws:iam::{iam.ACCOUNT}:role/aws-service-role/ec2.amazonaws.com/AWSServiceRoleForEC2",
+        {"iam:AWSServiceName": "ec2.amazonaws.com"},
+    )
+    assert iam.decide(POLICY, other_service_role) == "implicit deny"  # that one role only
     untagged = iam.Call("emr", "RunJobFlow", {**spec, "Tags": []}, {"JobFlowId": "j-2"}, "eu-west-1")
     assert iam.refused(POLICY, iam.requests_for([untagged]))  # no project tag: no cluster
     other_role = iam.Call("emr", "RunJobFlow", {**spec, "ServiceRole": "Admin"}, {}, "eu-west-1")

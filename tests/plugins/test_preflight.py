@@ -71,8 +71,9 @@ def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tm
     checks = run(aws, tmp_path, ORCHARD_KMS_KEY_ID=key["KeyId"], ORCHARD_EMR_SUBNET_ID=subnet)
 
     assert problems(checks) == []
-    # bucket, its region, encryption, 2 roles, release, instance type, subnet, key, key use
-    assert len(checks) == 10
+    # bucket, its region, encryption, 2 roles, EMR's cleanup role, release, instance type, subnet,
+    # key, key use
+    assert len(checks) == 11
     requests_made = iam.requests_for(calls)
     assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
 
@@ -118,6 +119,22 @@ def test_bucket_in_another_region(aws, tmp_path, location, region):
         f"PROBLEM ORCHARD_AWS_REGION=eu-west-1: bucket 'lake-elsewhere' is in {region}: "
         f"set ORCHARD_AWS_REGION={region}, or use a bucket in eu-west-1"
     ]
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+def test_emrs_cleanup_role_missing_on_a_fresh_account_is_named_with_its_command(aws, tmp_path):
+    (line,) = [str(c) for c in run(aws, tmp_path) if c.name == "AWSServiceRoleForEMRCleanup"]
+    assert line.startswith("ok      AWSServiceRoleForEMRCleanup: not there yet: EMR creates it")
+    assert "aws iam create-service-linked-role --aws-service-name elasticmapreduce.amazonaws.com" in line
+    aws.client("iam").create_role(
+        RoleName="AWSServiceRoleForEMRCleanup",
+        Path="/aws-service-role/elasticmapreduce.amazonaws.com/",
+        AssumeRolePolicyDocument="{}",
+    )
+    (line,) = [str(c) for c in run(aws, tmp_path) if c.name == "AWSServiceRoleForEMRCleanup"]
+    assert line == "ok      AWSServiceRoleForEMRCleanup: EMR's service-linked role exists"
 
 
 @pytest.mark.backs(

@@ -184,7 +184,31 @@ def check_roles(iam: IAMClient, settings: Settings) -> tuple[list[Check], str | 
         fix = "run `aws emr create-default-roles` or set ORCHARD_EMR_INSTANCE_PROFILE to your profile"
         what = "does not exist" if _code(exc) == "NoSuchEntity" else f"cannot be read ({_code(exc)})"
         checks.append(Check(profile_setting, False, f"instance profile {what}: {fix}"))
+    checks.append(check_cleanup_role(iam))
     return checks, role_arn
+
+
+# EMR's service-linked role: made at an account's first cluster, with the caller's permissions
+# (EMR Management Guide, "Using service-linked roles for Amazon EMR for cleanup").
+CLEANUP_ROLE = "AWSServiceRoleForEMRCleanup"
+CREATE_CLEANUP_ROLE = "aws iam create-service-linked-role --aws-service-name elasticmapreduce.amazonaws.com"
+
+
+def check_cleanup_role(iam: IAMClient) -> Check:
+    """EMR's cleanup role exists, or the first cluster creates it (the policy allows that)."""
+    try:
+        iam.get_role(RoleName=CLEANUP_ROLE)
+    except ClientError as exc:
+        if _code(exc) != "NoSuchEntity":
+            return Check(CLEANUP_ROLE, False, f"cannot be read ({_code(exc)}): allow iam:GetRole on it")
+        return Check(
+            CLEANUP_ROLE,
+            True,
+            "not there yet: EMR creates it at this account's first cluster, with the policy's "
+            "LetEmrCreateItsCleanupRole statement; without that statement, an admin runs "
+            f"`{CREATE_CLEANUP_ROLE}`",
+        )
+    return Check(CLEANUP_ROLE, True, "EMR's service-linked role exists")
 
 
 def supported_instance_types(emr: EMRClient, release: str) -> dict[str, SupportedInstanceTypeTypeDef]:
