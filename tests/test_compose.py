@@ -169,7 +169,8 @@ def test_settings_and_connections_are_the_ones_the_code_reads(compose):
     assert settings.lake_on_s3
     assert settings.spark_lake.startswith("s3a://")
     assert json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]["endpoint_url"] == settings.s3_endpoint
-    # The store honours SSE-S3 but has no KMS (tests/plugins/test_s3.py): the stack sends AES256.
+    # The store honours SSE-S3 but has no KMS and no bucket default encryption
+    # (tests/plugins/test_s3.py): the stack asks for AES256 on every write.
     assert "ORCHARD_KMS_KEY_ID" not in env
     assert settings.encryption == {"ServerSideEncryption": "AES256"}
     # The volume lake CI runs the Spark steps on (ORCHARD_STACK_LAKE) is a valid lake too.

@@ -356,9 +356,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     requests_made = check_policy(calls)
     assert iam.unused_grants(iam.airflow_policy(BUCKET, "lake"), requests_made) == set(NOT_EXERCISED)
 
-    # The steps' outputs were written as the spec's EMRFS configuration asks: SSE-S3 (the bucket's
-    # default encryption would cover a write without it, so the stand-in's own record is checked).
-    assert {extra.get("ServerSideEncryption") for _, extra in stand_in.written} == {"AES256"}
+    check_step_output_encryption(s3, stand_in)
 
     # Uploaded images are encrypted and a re-run would skip them.
     image_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/images/")["Contents"]]
@@ -366,6 +364,14 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert s3.head_object(Bucket=BUCKET, Key=image_keys[0])["ServerSideEncryption"] == "AES256"
 
     check_report_and_logs(s3, manifest, capfd, caplog)
+
+
+def check_step_output_encryption(s3, stand_in: EmrStandIn) -> None:
+    """The steps' outputs were written as the spec's EMRFS configuration asks: with no setting, no
+    header, so the bucket's default encryption (SSE-S3 here) applies, as to every other write."""
+    assert stand_in.written
+    assert {extra.get("ServerSideEncryption") for _, extra in stand_in.written} == {None}
+    assert s3.head_object(Bucket=BUCKET, Key=stand_in.written[0][0])["ServerSideEncryption"] == "AES256"
 
 
 def check_cluster_facts(manifest: dict, cluster) -> None:

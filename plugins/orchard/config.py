@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # a run whenever orchard_source_watch sees new or changed images in the source folder.
     schedule: str = "@daily"
     watch_schedule: str = "*/10 * * * *"
+    # The header every S3 write sends (uploads, JSON, CSV, Spark's s3a, EMRFS): "bucket-default"
+    # sends none, so the bucket's default encryption applies (SSE-S3 or SSE-KMS, whichever it is);
+    # "sse-s3" sends AES256 (the stack's store, which has no bucket default). A KMS key id sends
+    # SSE-KMS with that key whatever this says.
+    s3_encryption: Literal["bucket-default", "sse-s3"] = "bucket-default"
     kms_key_id: str | None = None
     emr_release: str = "emr-7.14.0"
     emr_instance_type: str = "m5.xlarge"
@@ -209,10 +214,13 @@ class Settings(BaseSettings):
 
     @property
     def encryption(self) -> Encryption:
-        """ExtraArgs of every S3 write: SSE-KMS with the configured key, else SSE-S3."""
+        """ExtraArgs of every S3 write: SSE-KMS with the configured key, SSE-S3 when asked for, else
+        none (the bucket's default encryption applies)."""
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
-        return {"ServerSideEncryption": "AES256"}
+        if self.s3_encryption == "sse-s3":
+            return {"ServerSideEncryption": "AES256"}
+        return {}
 
 
 class _MappingEnvSource(EnvSettingsSource):

@@ -94,6 +94,7 @@ def test_every_variable_is_read():
         "emr_poll_seconds": 7,
         "emr_price_per_hour": 0.25,
         "emr_prices": {"m5.xlarge": 0.24},
+        "s3_encryption": "sse-s3",
     }
     variables = Settings.variables()
     assert len(set(variables.values())) == len(variables)

@@ -140,7 +140,11 @@ def test_step_arguments_name_every_output():
 
 def test_a_lake_on_minio_for_local_spark_uses_s3a_and_the_endpoint():
     settings = Settings.from_env(
-        {"ORCHARD_LAKE": "s3://orchard/lake", "ORCHARD_S3_ENDPOINT": "http://minio:9000"}
+        {
+            "ORCHARD_LAKE": "s3://orchard/lake",
+            "ORCHARD_S3_ENDPOINT": "http://minio:9000",
+            "ORCHARD_S3_ENCRYPTION": "sse-s3",
+        }
     )
     assert settings.lake_on_s3
     assert settings.spark_lake == "s3a://orchard/lake"
@@ -201,3 +205,31 @@ def test_local_steps_map_the_class_archive_only_when_it_exists(tmp_path):
     assert steps.local_java_options(off) == jvm
     conf = steps.local_spark_conf(settings)
     assert conf["spark.driver.extraJavaOptions"] == steps.local_java_options(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "header", "s3a", "emrfs"),
+    [
+        # No header: the bucket's default encryption applies, SSE-S3 or SSE-KMS, and a bucket policy
+        # that denies any other header than the bucket's key lets it through.
+        ({}, {}, None, None),
+        ({"ORCHARD_S3_ENCRYPTION": "sse-s3"}, {"ServerSideEncryption": "AES256"}, "SSE-S3",
+         {"fs.s3.enableServerSideEncryption": "true"}),
+        ({"ORCHARD_KMS_KEY_ID": "k-1"}, {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "k-1"}, "SSE-KMS",
+         {"fs.s3.enableServerSideEncryption": "true", "fs.s3.serverSideEncryption.kms.keyId": "k-1"}),
+    ],
+    ids=["bucket-default", "sse-s3", "sse-kms"],
+)  # fmt: skip
+def test_one_encryption_choice_for_every_writer(env, header, s3a, emrfs):
+    """boto3/s3fs (uploads, JSON, CSV), local Spark's s3a and EMR's EMRFS send the same encryption."""
+    from orchard.aws import emr
+
+    settings = Settings.from_env({"ORCHARD_LAKE": "s3://orchard/lake", **env})
+    assert settings.encryption == header
+    assert steps.local_spark_conf(settings).get("spark.hadoop.fs.s3a.encryption.algorithm") == s3a
+    flow = emr.job_flow_spec(
+        settings, run_id="r", dag_id="d", bootstrap_uri="s3://b/i.sh", requirements_uri="s3://b/r.txt",
+        wheelhouse_uri="s3://b/w.tar", instance_type="m5.xlarge", core_instances=2,
+    )  # fmt: skip
+    found = [c["Properties"] for c in flow["Configurations"] if c["Classification"] == "emrfs-site"]
+    assert found == ([emrfs] if emrfs else [])

@@ -69,8 +69,8 @@ def test_spec_defaults():
     }
     assert (flow["ServiceRole"], flow["JobFlowRole"]) == ("EMR_DefaultRole", "EMR_EC2_DefaultRole")
     assert "SecurityConfiguration" not in flow
-    emrfs = next(c for c in flow["Configurations"] if c["Classification"] == "emrfs-site")
-    assert emrfs["Properties"] == {"fs.s3.enableServerSideEncryption": "true"}
+    # No emrfs-site encryption: the steps' writes take the bucket's default, like every other write.
+    assert not [c for c in flow["Configurations"] if c["Classification"] == "emrfs-site"]
 
 
 def test_spec_encrypts_step_output_with_the_kms_key_when_configured():

@@ -241,3 +241,23 @@ def test_command_line_exits_non_zero_with_the_problems(aws, monkeypatch, capsys)
     monkeypatch.setenv("ORCHARD_LAKE", f"s3://{BUCKET}/prod")
     assert preflight.main(["--instance-type", "m5.xlarge"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("preflight passed: ready for ORCHARD_TARGET=emr")
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+def test_sse_s3_writes_to_a_bucket_whose_default_is_sse_kms_are_a_problem(aws, tmp_path):
+    key = aws.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}}
+    aws.client("s3").put_bucket_encryption(Bucket=BUCKET, ServerSideEncryptionConfiguration={"Rules": [rule]})
+    (found,) = problems(run(aws, tmp_path, ORCHARD_S3_ENCRYPTION="sse-s3"))
+    assert found.startswith(
+        "PROBLEM ORCHARD_LAKE=s3://orchard-lake/prod encryption: default encryption aws:kms"
+    )
+    assert found.endswith(
+        "but ORCHARD_S3_ENCRYPTION=sse-s3 sends AES256, which an SSE-KMS bucket policy denies: unset "
+        "ORCHARD_S3_ENCRYPTION (writes then take the bucket's default) or set ORCHARD_KMS_KEY_ID"
+    )
+    # With no setting, writes send no header and take the bucket's SSE-KMS default.
+    (line,) = [str(c) for c in run(aws, tmp_path) if c.name.endswith("encryption")]
+    assert line.endswith("writes send no header and take it")

@@ -256,7 +256,8 @@ def test_airflow_and_cli_clients_carry_the_retry_configuration(monkeypatch):
             assert lake._s3 is not None
             assert lake._s3.meta.config.retries == {"mode": "standard", "total_max_attempts": 10}
             assert lake.fs.config_kwargs == RETRIES  # s3fs: the same retries on its botocore config
-            assert lake.fs.s3_additional_kwargs == SSE_S3  # and every write encrypted
+            # No encryption header by default: every write takes the bucket's default encryption.
+            assert lake.fs.s3_additional_kwargs == {}
 
 
 # What only the real store shows: moto checks no signature, stores objects in memory and reports

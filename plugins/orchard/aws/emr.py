@@ -48,6 +48,7 @@ def job_flow_spec(
     core_instances: int,
 ) -> dict[str, Any]:
     """RunJobFlow request for one pipeline run: a transient cluster that waits for its steps."""
+    emrfs = emrfs_encryption(settings)
     core_market = "SPOT" if settings.emr_core_spot else "ON_DEMAND"
     instances: dict[str, Any] = {
         "InstanceGroups": [
@@ -103,7 +104,7 @@ def job_flow_spec(
             },
             {"Classification": "spark-defaults", "Properties": step_conf()},
             # What the steps write to S3 through EMRFS is encrypted like everything else.
-            {"Classification": "emrfs-site", "Properties": emrfs_encryption(settings)},
+            *([{"Classification": "emrfs-site", "Properties": emrfs}] if emrfs else []),
         ],
         "Instances": instances,
         "Tags": [
@@ -118,12 +119,17 @@ def job_flow_spec(
 
 
 def emrfs_encryption(settings: Settings) -> dict[str, str]:
-    """EMRFS properties for server-side encryption: SSE-KMS with the configured key, else SSE-S3.
+    """EMRFS properties for the steps' S3 writes, the same choice as every other write's
+    (Settings.encryption): SSE-KMS with the key, SSE-S3 when asked for, else none (the bucket's
+    default encryption applies).
 
     EMR Release Guide, "Specifying Amazon S3 encryption using EMRFS properties"
-    (/emr/latest/ReleaseGuide/emr-emrfs-encryption.html); a security configuration, where one is
-    set, overrides them.
+    (/emr/latest/ReleaseGuide/emr-emrfs-encryption.html): these apply unless the cluster has a
+    security configuration (ORCHARD_EMR_SECURITY_CONFIGURATION), whose S3 encryption overrides them.
     """
+    header = settings.encryption.get("ServerSideEncryption")
+    if header is None:
+        return {}
     props = {"fs.s3.enableServerSideEncryption": "true"}
     if settings.kms_key_id:
         props["fs.s3.serverSideEncryption.kms.keyId"] = settings.kms_key_id

@@ -110,7 +110,7 @@ def check_lake(s3: S3Client, settings: Settings) -> list[Check]:
         if algorithm.startswith("aws:kms"):
             detail += f" (key {default.get('KMSMasterKeyID', 'aws/s3')}, bucket key "
             detail += f"{'on' if rules[0].get('BucketKeyEnabled') else 'off'})"
-        checks.append(Check(f"{setting} encryption", True, detail))
+        checks.append(encryption_choice(f"{setting} encryption", detail, algorithm, settings))
     except ClientError as exc:
         if _code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
             checks.append(
@@ -125,6 +125,23 @@ def check_lake(s3: S3Client, settings: Settings) -> list[Check]:
             detail = f"cannot read the default encryption of {bucket!r}: {_code(exc)}"
             checks.append(Check(f"{setting} encryption", False, detail))
     return checks
+
+
+def encryption_choice(name: str, detail: str, algorithm: str, settings: Settings) -> Check:
+    """The writes' encryption (Settings.encryption) against the bucket's default: SSE-S3 headers on a
+    bucket whose default is SSE-KMS are what an SSE-KMS bucket policy (lake-bucket-policy.json) denies."""
+    sent = settings.encryption.get("ServerSideEncryption")
+    if sent == "AES256" and algorithm.startswith("aws:kms"):
+        return Check(
+            name,
+            False,
+            f"{detail}, but ORCHARD_S3_ENCRYPTION=sse-s3 sends AES256, which an SSE-KMS bucket policy "
+            "denies: unset ORCHARD_S3_ENCRYPTION (writes then take the bucket's default) or set "
+            "ORCHARD_KMS_KEY_ID",
+        )
+    if sent is None:
+        return Check(name, True, f"{detail}; writes send no header and take it")
+    return Check(name, True, f"{detail}; writes ask for {sent}")
 
 
 def bucket_region(location: str | None) -> str:

@@ -133,9 +133,13 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
                 "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
             ),
             "spark.hadoop.fs.s3a.endpoint.region": settings.region,
-            # What the steps write is encrypted like every other write to the lake.
-            "spark.hadoop.fs.s3a.encryption.algorithm": "SSE-KMS" if settings.kms_key_id else "SSE-S3",
         }
+        # What the steps write is encrypted like every other write to the lake (Settings.encryption).
+        algorithm = {"aws:kms": "SSE-KMS", "AES256": "SSE-S3"}.get(
+            settings.encryption.get("ServerSideEncryption", "")
+        )
+        if algorithm:
+            conf["spark.hadoop.fs.s3a.encryption.algorithm"] = algorithm
         if settings.kms_key_id:
             conf["spark.hadoop.fs.s3a.encryption.key"] = settings.kms_key_id
         if settings.s3_endpoint:
