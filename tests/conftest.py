@@ -86,6 +86,30 @@ def seaweedfs_store(tmp_path_factory):
         yield store
 
 
+def give_ec2_vcpu_quotas(monkeypatch, vcpus: float = 64.0) -> None:
+    """moto's Service Quotas knows only VPC quotas: the account gets EC2's two vCPU quotas too, as
+    GetServiceQuota answers them (the preflight reads them)."""
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    from orchard.aws.preflight import QUOTAS
+
+    original = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(self, service_code: str, quota_code: str) -> dict:
+        for code, name in QUOTAS.values():
+            if (service_code, quota_code) == ("ec2", code):
+                return {
+                    "ServiceCode": "ec2",
+                    "QuotaCode": code,
+                    "QuotaName": name,
+                    "Value": vcpus,
+                    "Unit": "None",
+                }
+        return original(self, service_code, quota_code)
+
+    monkeypatch.setattr(ServiceQuotasBackend, "get_service_quota", get_service_quota)
+
+
 @pytest.fixture
 def moto_server(monkeypatch):
     """moto's threaded server on 127.0.0.1 as the emr target's AWS account; yields an S3 client.
@@ -135,6 +159,7 @@ def moto_server(monkeypatch):
         },
     )
     create_default_roles(boto3.client("iam", endpoint_url=url, region_name=REGION))
+    give_ec2_vcpu_quotas(monkeypatch)
     # The stand-in never runs the bootstrap (tests/test_bootstrap.py does, with the real wheelhouse):
     # a wheelhouse already staged for these requirements is reused, as on every run after the first.
     s3.put_object(Bucket=BUCKET, Key=WHEELHOUSE_KEY, Body=b"", ServerSideEncryption="AES256")

@@ -386,12 +386,22 @@ def requests_for(calls: Iterable[Call]) -> list[Request]:
             name = call.params["RoleName"]
             role = f"arn:aws:iam::{ACCOUNT}:role/{SERVICE_ROLE_PATHS.get(name, '')}{name}"
             out.append(Request("iam:GetRole", role, {}, call.operation))
+        elif call.service == "iam" and call.operation == "SimulatePrincipalPolicy":
+            out.append(
+                Request("iam:SimulatePrincipalPolicy", call.params["PolicySourceArn"], {}, call.operation)
+            )
         elif call.service == "iam" and call.operation == "GetInstanceProfile":
             name = call.params["InstanceProfileName"]
             profile = f"arn:aws:iam::{ACCOUNT}:instance-profile/{name}"
             out.append(Request("iam:GetInstanceProfile", profile, {}, call.operation))
-        elif call.service == "ec2" and call.operation == "DescribeSubnets":
-            out.append(Request("ec2:DescribeSubnets", "*", {}, call.operation))
+        elif call.service == "ec2" and call.operation in {
+            "DescribeSubnets",
+            "DescribeInstances",
+            "DescribeInstanceTypes",
+        }:
+            out.append(Request(f"ec2:{call.operation}", "*", {}, call.operation))
+        elif call.service == "service-quotas" and call.operation == "GetServiceQuota":
+            out.append(Request("servicequotas:GetServiceQuota", "*", {}, call.operation))
         elif call.service == "kms" and call.operation in {"DescribeKey", "GetKeyPolicy"}:
             key = call.params["KeyId"]
             arn = key if key.startswith("arn:") else f"arn:aws:kms:{call.region}:{ACCOUNT}:key/{key}"

@@ -72,7 +72,7 @@ def s3_access(
 
 
 # The services Orchard calls (S3 mostly through s3_access, with the lake's retries and encryption).
-Service = Literal["s3", "emr", "iam", "ec2", "kms"]
+Service = Literal["s3", "emr", "iam", "ec2", "kms", "service-quotas"]
 
 
 def aws_client(service: Service, region: str, conn_id: str | None = None) -> Any:

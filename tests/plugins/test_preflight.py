@@ -42,8 +42,29 @@ def aws(monkeypatch):
         yield boto3.session.Session(region_name=REGION)
 
 
-def run(session, tmp_path, instance_type: str | None = None, **env) -> list:
-    return preflight.run_checks(settings(**env), session.client, instance_type)
+def quotas_client(values: dict[str, float]):
+    """Service Quotas answering GetServiceQuota for the EC2 vCPU quotas (moto has none for EC2):
+    botocore's Stubber, which checks requests and responses against the service model."""
+    from botocore.stub import Stubber
+
+    client = boto3.client("service-quotas", region_name=REGION)
+    stub = Stubber(client)
+    for kind, value in values.items():
+        code, title = preflight.QUOTAS[kind]
+        quota = {"ServiceCode": "ec2", "QuotaCode": code, "QuotaName": title, "Value": value, "Unit": "None"}
+        stub.add_response("get_service_quota", {"Quota": quota}, {"ServiceCode": "ec2", "QuotaCode": code})
+    stub.activate()
+    return client
+
+
+def run(session, tmp_path, instance_type: str | None = None, quota: dict | None = None,
+        core_instances: int | None = None, **env) -> list:  # fmt: skip
+    quotas = quotas_client(quota or {"on-demand": 64.0, "spot": 64.0})
+
+    def client(service):
+        return quotas if service == "service-quotas" else session.client(service)
+
+    return preflight.run_checks(settings(**env), client, instance_type, core_instances)
 
 
 def problems(checks) -> list[str]:
@@ -71,9 +92,9 @@ def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tm
     checks = run(aws, tmp_path, ORCHARD_KMS_KEY_ID=key["KeyId"], ORCHARD_EMR_SUBNET_ID=subnet)
 
     assert problems(checks) == []
-    # bucket, its region, encryption, 2 roles, EMR's cleanup role, release, instance type, subnet,
-    # key, key use
-    assert len(checks) == 11
+    # bucket, its region, encryption, 2 roles, EMR's cleanup role, release, instance type, vCPU
+    # quota, subnet, key, key use
+    assert len(checks) == 12
     requests_made = iam.requests_for(calls)
     assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
 
@@ -239,6 +260,13 @@ def test_command_line_exits_non_zero_with_the_problems(aws, monkeypatch, capsys)
     assert "PROBLEM ORCHARD_LAKE=s3://no-such-lake/x" in out
     assert out.rstrip().endswith("problem(s)")
     monkeypatch.setenv("ORCHARD_LAKE", f"s3://{BUCKET}/prod")
+    real = preflight.clients.aws_client
+    quotas = quotas_client({"on-demand": 64.0})  # moto has no EC2 quotas
+    monkeypatch.setattr(
+        preflight.clients,
+        "aws_client",
+        lambda service, *a, **k: quotas if service == "service-quotas" else real(service, *a, **k),
+    )
     assert preflight.main(["--instance-type", "m5.xlarge"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("preflight passed: ready for ORCHARD_TARGET=emr")
 
@@ -261,3 +289,84 @@ def test_sse_s3_writes_to_a_bucket_whose_default_is_sse_kms_are_a_problem(aws, t
     # With no setting, writes send no header and take the bucket's SSE-KMS default.
     (line,) = [str(c) for c in run(aws, tmp_path) if c.name.endswith("encryption")]
     assert line.endswith("writes send no header and take it")
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+def test_a_cluster_beyond_the_vcpu_quota_left_is_a_problem(aws, tmp_path, aws_calls):
+    """A fresh account's On-Demand quota (5 vCPUs here) and what already runs count: the default
+    cluster (3 x m5.xlarge, 12 vCPUs) does not fit; with Spot core nodes, each quota is checked."""
+    calls, ignored = aws_calls
+    ec2 = aws.client("ec2")
+    ignored.append(ec2)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.run_instances(ImageId=image, MinCount=2, MaxCount=2, InstanceType="m5.2xlarge")  # 16 vCPUs running
+    found = problems(run(aws, tmp_path, quota={"on-demand": 24.0}))
+    assert found == [
+        "PROBLEM ORCHARD_EMR_CORE_INSTANCES=2 quota: 12 on-demand vCPUs needed, 8 left of the quota (24, 16 "
+        "running): request more of 'Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances' "
+        "(L-1216C47A) in Service Quotas, or fewer or smaller nodes"
+    ]
+    assert problems(run(aws, tmp_path, quota={"on-demand": 28.0})) == []  # 12 of 12 left: it fits
+    spot = run(aws, tmp_path, quota={"on-demand": 24.0, "spot": 4.0}, ORCHARD_EMR_CORE_SPOT="true")
+    assert [str(c) for c in preflight.problems(spot)] == [
+        "PROBLEM ORCHARD_EMR_CORE_INSTANCES=2 quota: 8 spot vCPUs needed, 4 left of the quota (4, 0 "
+        "running): request more of 'All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests' "
+        "(L-34B43A08) in Service Quotas, or fewer or smaller nodes"
+    ]
+    assert any(c.name.endswith("quota") and c.ok and "4 on-demand vCPUs needed" in c.detail for c in spot)
+    # The calls it made are allowed by the shipped policy.
+    assert iam.refused(iam.airflow_policy(BUCKET, "prod"), iam.requests_for(calls)) == []
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+@pytest.mark.parametrize("decision", ["allowed", "implicitDeny"])
+def test_a_key_left_to_iam_is_checked_against_the_nodes_role(aws, tmp_path, decision, aws_calls):
+    """A key whose policy delegates to IAM (the account root, kms:*): IAM's policy simulator decides
+    whether the nodes' role may use it (moto has no simulator: botocore's Stubber answers)."""
+    from botocore.stub import Stubber
+
+    calls, ignored = aws_calls
+    kms = aws.client("kms")
+    ignored.append(kms)
+    key = kms.create_key()["KeyMetadata"]  # moto's default key policy: root, kms:*
+    node_role = f"arn:aws:iam::{iam.ACCOUNT}:role/EMR_EC2_DefaultRole"
+    simulator = boto3.client("iam", region_name=REGION)
+    stub = Stubber(simulator)
+    results = [{"EvalActionName": a, "EvalDecision": decision} for a in preflight.KMS_NODE_ACTIONS]
+    stub.add_response(
+        "simulate_principal_policy",
+        {"EvaluationResults": results},
+        {
+            "PolicySourceArn": node_role,
+            "ActionNames": list(preflight.KMS_NODE_ACTIONS),
+            "ResourceArns": [key["Arn"]],
+        },
+    )
+    stub.activate()
+    iam_clients = iter([aws.client("iam"), simulator])  # the roles' check, then the key's
+    quotas = quotas_client({"on-demand": 64.0})
+
+    def client(service):
+        if service == "iam":
+            return next(iam_clients)
+        return quotas if service == "service-quotas" else aws.client(service)
+
+    checks = preflight.run_checks(settings(ORCHARD_KMS_KEY_ID=key["KeyId"]), client)
+    (line,) = [str(c) for c in checks if c.name.endswith("nodes")]
+    if decision == "allowed":
+        allowed = "kms:GenerateDataKey and kms:Decrypt"
+        assert line.endswith(f"key policy delegates to IAM, and {node_role}'s policies allow {allowed}")
+    else:
+        assert line.startswith("PROBLEM ORCHARD_KMS_KEY_ID=")
+        assert line.endswith(
+            f"{node_role}'s policies do not allow kms:GenerateDataKey and kms:Decrypt on the key: add them, "
+            "for this key only, to that role (docs/aws.md step 2)"
+        )
+    stub.assert_no_pending_responses()
+    assert (
+        iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), iam.requests_for(calls)) == []
+    )

@@ -244,8 +244,11 @@ def supported_instance_types(emr: EMRClient, release: str) -> dict[str, Supporte
             return types
 
 
-def check_release_and_instance(emr: EMRClient, settings: Settings, instance_type: str) -> list[Check]:
-    """The release exists in the region; the instance type is supported by it."""
+def check_release_and_instance(
+    emr: EMRClient, settings: Settings, instance_type: str
+) -> tuple[list[Check], SupportedInstanceTypeTypeDef | None]:
+    """The release exists in the region; the instance type is supported by it (and EMR's description
+    of it: vCPUs, memory, architecture)."""
     release = settings.emr_release
     setting = f"ORCHARD_EMR_RELEASE={release}"
     labels, token = [], None
@@ -261,7 +264,7 @@ def check_release_and_instance(emr: EMRClient, settings: Settings, instance_type
         return [
             Check(setting, False, f"release not available in {settings.region}: use one of {newest}"),
             Check(type_setting, False, "not checked: the release label is not available"),
-        ]
+        ], None
     checks = [Check(setting, True, f"release exists in {settings.region}")]
     types = supported_instance_types(emr, release)
     if instance_type not in types:
@@ -273,11 +276,75 @@ def check_release_and_instance(emr: EMRClient, settings: Settings, instance_type
                 "pick another type (or the instance_type Param)",
             )
         )
-        return checks
+        return checks, None
     arch = types[instance_type].get("Architecture", "X86_64").lower()
     checks.append(
         Check(type_setting, True, f"supported by {release}, {arch} (its wheelhouse is built for it)")
     )
+    return checks, types[instance_type]
+
+
+# EC2's vCPU quotas for the standard families (A, C, D, H, I, M, R, T, Z), On-Demand and Spot, in
+# vCPUs (Service Quotas; Amazon EC2 User Guide, "On-Demand Instance quotas" and "Spot Instance quotas").
+STANDARD_FAMILIES = tuple("acdhimrtz")
+QUOTAS = {
+    "on-demand": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+    "spot": ("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
+}
+
+
+def running_standard_vcpus(ec2: EC2Client) -> dict[str, int]:
+    """vCPUs of the standard-family instances running or pending in the region, On-Demand and Spot."""
+    counts: dict[tuple[str, str], int] = {}
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    )
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                kind = "spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand"
+                key = (kind, instance["InstanceType"])
+                counts[key] = counts.get(key, 0) + 1
+    types = sorted({t for _, t in counts if t.startswith(STANDARD_FAMILIES)})
+    vcpus: dict[str, int] = {}
+    for i in range(0, len(types), 100):  # DescribeInstanceTypes takes at most 100 types
+        for described in ec2.describe_instance_types(InstanceTypes=types[i : i + 100])["InstanceTypes"]:  # type: ignore[arg-type]
+            vcpus[described["InstanceType"]] = described["VCpuInfo"]["DefaultVCpus"]
+    used = {"on-demand": 0, "spot": 0}
+    for (kind, itype), count in counts.items():
+        used[kind] += vcpus.get(itype, 0) * count
+    return used
+
+
+def check_quota(
+    quotas: Any, ec2: EC2Client, settings: Settings, instance_type: str, vcpu: int | None, core_instances: int
+) -> list[Check]:
+    """The cluster's vCPUs fit the EC2 quota left (the quota minus what already runs in the region)."""
+    name = f"ORCHARD_EMR_CORE_INSTANCES={core_instances} quota"
+    if vcpu is None:
+        return []  # the instance type check has said why
+    if not instance_type.startswith(STANDARD_FAMILIES):
+        return [Check(name, True, f"not checked: {instance_type} is not in a standard family's quota")]
+    needs = {"on-demand": vcpu * (1 if settings.emr_core_spot else 1 + core_instances)}
+    needs["spot"] = vcpu * core_instances if settings.emr_core_spot else 0
+    used = running_standard_vcpus(ec2)
+    checks = []
+    for kind, need in needs.items():
+        if not need:
+            continue
+        code, title = QUOTAS[kind]
+        try:
+            limit = int(quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
+        except ClientError as exc:
+            checks.append(Check(name, False, f"cannot read the {kind} vCPU quota {code} ({_code(exc)})"))
+            continue
+        left = limit - used[kind]
+        detail = f"{need} {kind} vCPUs needed, {left} left of the quota ({limit}, {used[kind]} running)"
+        if need > left:
+            fix = f"request more of '{title}' ({code}) in Service Quotas, or fewer or smaller nodes"
+            checks.append(Check(name, False, f"{detail}: {fix}"))
+        else:
+            checks.append(Check(name, True, detail))
     return checks
 
 
@@ -307,7 +374,9 @@ def check_subnet(ec2: EC2Client, settings: Settings) -> list[Check]:
     ]
 
 
-def check_kms(kms: KMSClient, settings: Settings, node_role_arn: str | None) -> list[Check]:
+def check_kms(
+    kms: KMSClient, settings: Settings, node_role_arn: str | None, iam: IAMClient | None = None
+) -> list[Check]:
     """The key exists, is enabled for encryption, and lets the cluster's nodes use it."""
     if not settings.kms_key_id:
         return []
@@ -329,11 +398,14 @@ def check_kms(kms: KMSClient, settings: Settings, node_role_arn: str | None) -> 
     checks = [Check(setting, True, "key is enabled for encryption")]
     if node_role_arn is None:
         return [*checks, Check(f"{setting} nodes", False, "not checked: the instance profile has no role")]
-    return [*checks, _node_key_access(kms, setting, meta, node_role_arn)]
+    return [*checks, _node_key_access(kms, setting, meta, node_role_arn, iam)]
 
 
-def _node_key_access(kms: KMSClient, setting: str, meta: Mapping[str, Any], node_role_arn: str) -> Check:
-    """Whether the key policy lets the nodes' role encrypt and decrypt (or leaves that to IAM)."""
+def _node_key_access(
+    kms: KMSClient, setting: str, meta: Mapping[str, Any], node_role_arn: str, iam: IAMClient | None = None
+) -> Check:
+    """Whether the nodes' role may encrypt and decrypt with the key: the key policy names it, or the
+    key policy delegates to IAM and the role's IAM policies allow it (IAM's policy simulator)."""
     name = f"{setting} nodes"
     try:
         policy = json.loads(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
@@ -343,8 +415,7 @@ def _node_key_access(kms: KMSClient, setting: str, meta: Mapping[str, Any], node
         return Check(name, True, f"key policy lets {node_role_arn} encrypt and decrypt")
     root = f"arn:aws:iam::{meta.get('AWSAccountId', '')}:root"
     if key_policy_allows(policy, root, ("kms:*",)) or key_policy_allows(policy, root, KMS_NODE_ACTIONS):
-        actions = " and ".join(KMS_NODE_ACTIONS)
-        return Check(name, True, f"key policy delegates to IAM: {node_role_arn} needs {actions} on the key")
+        return _role_may_use_key(iam, name, node_role_arn, meta.get("Arn") or meta["KeyId"])
     return Check(
         name,
         False,
@@ -353,18 +424,54 @@ def _node_key_access(kms: KMSClient, setting: str, meta: Mapping[str, Any], node
     )
 
 
+def _role_may_use_key(iam: IAMClient | None, name: str, role_arn: str, key_arn: str) -> Check:
+    """The key policy leaves the nodes' role to IAM: ask IAM's policy simulator whether the role's
+    policies allow the key's use (without it, the nodes cannot read an SSE-KMS bootstrap script and
+    the cluster ends TERMINATED_WITH_ERRORS before any step)."""
+    actions = " and ".join(KMS_NODE_ACTIONS)
+    if iam is None:
+        return Check(name, True, f"key policy delegates to IAM: {role_arn} needs {actions} on the key")
+    try:
+        results = iam.simulate_principal_policy(
+            PolicySourceArn=role_arn, ActionNames=list(KMS_NODE_ACTIONS), ResourceArns=[key_arn]
+        )["EvaluationResults"]
+    except ClientError as exc:
+        return Check(
+            name,
+            False,
+            f"cannot simulate {role_arn}'s policies ({_code(exc)}): allow iam:SimulatePrincipalPolicy on it",
+        )
+    denied = [r["EvalActionName"] for r in results if r["EvalDecision"] != "allowed"]
+    if denied:
+        return Check(
+            name,
+            False,
+            f"key policy delegates to IAM, and {role_arn}'s policies do not allow {' and '.join(denied)} on "
+            "the key: add them, for this key only, to that role (docs/aws.md step 2)",
+        )
+    return Check(name, True, f"key policy delegates to IAM, and {role_arn}'s policies allow {actions}")
+
+
 def run_checks(
     settings: Settings,
     client: Callable[[clients.Service], Any],
     instance_type: str | None = None,
+    core_instances: int | None = None,
 ) -> list[Check]:
     """Every check, in the order a user sets things up; `client(service)` gives a boto3 client."""
+    instance_type = instance_type or settings.emr_instance_type
+    core_instances = settings.emr_core_instances if core_instances is None else core_instances
     checks = check_lake(client("s3"), settings)
     role_checks, node_role = check_roles(client("iam"), settings)
     checks += role_checks
-    checks += check_release_and_instance(client("emr"), settings, instance_type or settings.emr_instance_type)
+    release_checks, described = check_release_and_instance(client("emr"), settings, instance_type)
+    checks += release_checks
+    vcpu = described.get("VCPU") if described else None
+    checks += check_quota(
+        client("service-quotas"), client("ec2"), settings, instance_type, vcpu, core_instances
+    )
     checks += check_subnet(client("ec2"), settings)
-    checks += check_kms(client("kms"), settings, node_role)
+    checks += check_kms(client("kms"), settings, node_role, client("iam"))
     return checks
 
 
