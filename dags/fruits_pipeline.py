@@ -232,6 +232,14 @@ def local_pipeline() -> None:
     )
 
 
+# How long a step may take: a fixed part (bootstrap, queueing) and a part per image. The sensor
+# waits that long; the cluster itself stops the step TIME_LIMIT_GRACE later (emr.spark_step).
+# Featurize: 0.1 s per image, ~1/5 of the rate of an EMR run the project was seeded with (22,688
+# images in ~8 min on 2 core nodes; the seeds' figure, not measured here), so a slow run is not cut short.
+FEATURIZE_WAIT = {"base_seconds": 45 * 60, "seconds_per_image": 0.1}
+PCA_WAIT = {"base_seconds": 20 * 60, "seconds_per_image": 0.01}
+
+
 def emr_pipeline() -> None:
     """Preflight and staging, a cluster, the two steps each waited on, the CSV, and the teardowns."""
     # SETUP: nothing is uploaded, staged or created before the preflight passes.
@@ -258,30 +266,28 @@ def emr_pipeline() -> None:
                 stage["featurize"],
                 steps.dag_featurize_args(),
                 py_files=stage["py_files"],
+                time_limit=emr.time_limit_template("upload_images", **FEATURIZE_WAIT),
             )
         ],
     )
     wait_featurize = emr.ImageStepSensor(
-        task_id="wait_featurize",
-        step_id=emr.first_step_id("add_featurize_step"),
-        # Bootstrap and queueing, then 0.1 s per image: ~1/5 of the rate of an EMR run the project
-        # was seeded with (22,688 images in ~8 min on 2 core nodes; not measured here), so a slow
-        # run is not cut short.
-        base_seconds=45 * 60,
-        seconds_per_image=0.1,
-        **waiting,
+        task_id="wait_featurize", step_id=emr.first_step_id("add_featurize_step"), **FEATURIZE_WAIT, **waiting
     )
     add_pca_step = emr.RunStepsOperator(
         task_id="add_pca_step",
         job_flow_id=create_cluster.output,
-        steps=[emr.spark_step("orchard-pca", stage["pca"], steps.dag_pca_args(), py_files=stage["py_files"])],
+        steps=[
+            emr.spark_step(
+                "orchard-pca",
+                stage["pca"],
+                steps.dag_pca_args(),
+                py_files=stage["py_files"],
+                time_limit=emr.time_limit_template("upload_images", **PCA_WAIT),
+            )
+        ],
     )
     wait_pca = emr.ImageStepSensor(
-        task_id="wait_pca",
-        step_id=emr.first_step_id("add_pca_step"),
-        base_seconds=20 * 60,
-        seconds_per_image=0.01,
-        **waiting,
+        task_id="wait_pca", step_id=emr.first_step_id("add_pca_step"), **PCA_WAIT, **waiting
     )
     export = export_csv(upload["run"], upload["sync"])
     # TEARDOWN: the cluster ends whatever happened before it; the report follows it (what the
@@ -318,7 +324,7 @@ with DAG(
         "region_name": settings.region,
         "conn_id": settings.spark_conn_id,
     },
-    user_defined_macros=steps.MACROS,
+    user_defined_macros={**steps.MACROS, "step_time_limit": emr.step_time_limit},
 ) as dag:
     if settings.target == "local":
         local_pipeline()

@@ -57,10 +57,12 @@ def parse_in_clean_interpreter(extra_env: dict[str, str]) -> dict:
         " for t in (dag.tasks if dag else []) if hasattr(t, 'seconds_per_image')}\n"
         "step_ids = {t.task_id: t.step_id for t in (dag.tasks if dag else []) if hasattr(t, 'step_id')}\n"
         "operators = {t.task_id: type(t).__name__ for t in (dag.tasks if dag else [])}\n"
+        "limits = {t.task_id: t.steps[0]['HadoopJarStep']['Args'][:3] for t in (dag.tasks if dag else [])"
+        " if type(t).__name__ == 'RunStepsOperator'}\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},"
         " 'dags': sorted(bag.dag_ids), 'heavy': heavy, 'graph': graph, 'teardowns': teardowns,"
         " 'timetable': timetable, 'summary': str(dag.schedule) if dag else None, 'waits': waits,"
-        " 'step_ids': step_ids, 'operators': operators}))\n"
+        " 'step_ids': step_ids, 'operators': operators, 'limits': limits}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env={**env, **extra_env}, capture_output=True, text=True, check=True
@@ -114,6 +116,17 @@ def test_emr_step_waits_are_sized_from_the_uploads_image_count():
     assert result["waits"] == {
         "wait_featurize": [45 * 60, 0.1, count, logs, True],
         "wait_pca": [20 * 60, 0.01, count, logs, True],
+    }
+    # The cluster's own bound on each step: the same sizing, from the same count (rendered in
+    # tests/plugins/test_emr.py), so it holds if Airflow dies.
+    images = "ti.xcom_pull(task_ids='upload_images', key='image_count')"
+    assert result["limits"] == {
+        "add_featurize_step": [
+            "timeout",
+            "--kill-after=60",
+            f"{{{{ step_time_limit({images}, 2700, 0.1) }}}}",
+        ],
+        "add_pca_step": ["timeout", "--kill-after=60", f"{{{{ step_time_limit({images}, 1200, 0.01) }}}}"],
     }
 
 

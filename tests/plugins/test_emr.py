@@ -107,38 +107,86 @@ def test_emr_target_needs_an_s3_lake():
         Settings.from_env({"ORCHARD_TARGET": "emr", "ORCHARD_LAKE": "/tmp/lake"})
 
 
-def test_spark_step_is_a_client_mode_spark_submit_sized_from_the_bench():
+def test_spark_step_is_a_client_mode_spark_submit_under_a_time_limit():
     step = emr.spark_step(
-        "orchard-pca", "s3://b/a/pca.py", ["--k", "5"], py_files="s3://b/a/orchard_jobs.zip"
+        "orchard-pca", "s3://b/a/pca.py", ["--k", "5"], py_files="s3://b/a/orchard_jobs.zip", time_limit=900
     )
     assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
     assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
     args = step["HadoopJarStep"]["Args"]
-    assert args[:5] == ["spark-submit", "--deploy-mode", "client", "--py-files", "s3://b/a/orchard_jobs.zip"]
+    # The cluster itself ends the step after its time limit, whatever Airflow does.
+    assert args[:3] == ["timeout", "--kill-after=60", "900"]
+    assert args[3:8] == ["spark-submit", "--deploy-mode", "client", "--py-files", "s3://b/a/orchard_jobs.zip"]
     assert args[-3:] == ["s3://b/a/pca.py", "--k", "5"]
     confs = dict(a.split("=", 1) for a in args[args.index("--conf") : -3] if a != "--conf")
     assert confs["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert confs["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
-    # One Python worker per core with one engine thread each (docs/performance.md, "On EMR").
-    assert (confs["spark.executor.cores"], confs["spark.task.cpus"]) == ("4", "1")
+    # The executors are sized per instance type in the cluster's spark-defaults, not here.
+    assert "spark.executor.cores" not in confs
     # The preloading daemon is local only: executors get the jobs' modules per task (--py-files).
     assert "spark.python.daemon.module" not in confs
+
+
+def test_the_time_limit_is_the_sensors_wait_plus_a_grace_rendered_from_the_image_count():
+    import jinja2
+
+    template = emr.time_limit_template("upload_images", base_seconds=2700, seconds_per_image=0.1)
+    assert (
+        template
+        == "{{ step_time_limit(ti.xcom_pull(task_ids='upload_images', key='image_count'), 2700, 0.1) }}"
+    )
+
+    class TaskInstance:
+        def xcom_pull(self, task_ids: str, key: str) -> int:
+            return {("upload_images", "image_count"): 22688}[task_ids, key]
+
+    rendered = jinja2.Template(template).render(ti=TaskInstance(), step_time_limit=emr.step_time_limit)
+    assert int(rendered) == 2700 + 2269 + emr.TIME_LIMIT_GRACE
 
 
 def gib(value: str) -> float:
     return int(value[:-1]) / (1 if value.endswith("g") else 1024)
 
 
-def test_executor_memory_has_headroom_and_fits_yarn_on_the_default_instance():
-    sizing = emr.EXECUTOR_SIZING
-    overhead = gib(sizing["spark.executor.memoryOverhead"])
+@pytest.mark.parametrize(
+    ("instance_type", "vcpu", "memory_gb", "slots"),
+    [
+        ("m5.xlarge", 4, 16, 4),  # the default: 12,288 MB for YARN
+        ("m5.2xlarge", 8, 32, 8),
+        ("m6g.xlarge", 4, 16, 4),  # Graviton: 11,712 MB
+        ("c5.xlarge", 4, 8, 2),  # 6,144 MB: fewer slots, so their workers fit beside a 2 GiB heap
+        ("c6g.xlarge", 4, 8, 1),  # 5,632 MB: one slot
+        ("z9.unlisted", 4, 8, 1),  # not in the table: the lowest listed share of its memory
+    ],
+)
+def test_executors_fit_yarn_on_each_instance_type(instance_type, vcpu, memory_gb, slots):
+    from orchard.aws import sizing
+
+    yarn_mb = sizing.yarn_memory_mb(instance_type, memory_gb)
+    conf = sizing.executor_sizing(vcpu, yarn_mb)
+    assert conf is not None
+    cores, overhead = int(conf["spark.executor.cores"]), gib(conf["spark.executor.memoryOverhead"])
+    assert cores == slots
     # Every worker at its measured peak with 50 % to spare, and 1 GiB for the JVM's off-heap use.
-    assert overhead >= int(sizing["spark.executor.cores"]) * emr.WORKER_PEAK_GIB * 1.5 + 1.0
-    container_mb = (gib(sizing["spark.executor.memory"]) + overhead) * 1024
-    application_master_mb = 512 + 384  # client mode: spark.yarn.am.memory and its minimum overhead
-    yarn_mb_m5_xlarge = 12288  # EMR Release Guide, "Task configuration"
-    assert Settings.from_env({}).emr_instance_type == "m5.xlarge"
-    assert container_mb + application_master_mb <= yarn_mb_m5_xlarge
+    assert overhead >= cores * sizing.WORKER_PEAK_GIB * 1.5 + 1.0
+    heap_mb = gib(conf["spark.executor.memory"]) * 1024
+    assert sizing.MIN_HEAP_MB <= heap_mb <= sizing.EXECUTOR_HEAP_GIB * 1024
+    # Executor container and the client-mode application master (512m + 384m) fit YARN's memory.
+    assert heap_mb + overhead * 1024 + 512 + 384 <= yarn_mb
+    spec_conf = next(
+        c["Properties"]
+        for c in spec(instance_type=instance_type, vcpu=vcpu, memory_gb=memory_gb)["Configurations"]
+        if c["Classification"] == "spark-defaults"
+    )
+    assert {k: spec_conf[k] for k in conf} == conf
+
+
+def test_a_type_that_cannot_host_an_executor_is_refused_before_the_cluster():
+    from orchard.aws import sizing
+
+    assert sizing.executor_sizing(2, sizing.yarn_memory_mb("t3.small", 2.0)) is None
+    with pytest.raises(ValueError, match="cannot host one executor: pick a larger type"):
+        spec(instance_type="t3.small", vcpu=2, memory_gb=2.0)
 
 
 def test_step_timeout_grows_with_images():
@@ -152,7 +200,11 @@ def test_botocore_and_moto_accept_the_spec_and_steps():
     client = boto3.client("emr", region_name="eu-west-1")
     cluster_id = client.run_job_flow(**spec())["JobFlowId"]
     step = emr.spark_step(
-        "orchard-featurize", "s3://b/a/featurize.py", ["--limit", "0"], py_files="s3://b/a/j.zip"
+        "orchard-featurize",
+        "s3://b/a/featurize.py",
+        ["--limit", "0"],
+        py_files="s3://b/a/j.zip",
+        time_limit=60,
     )
     step_ids = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"]
     cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
@@ -215,7 +267,7 @@ def test_a_failed_step_whose_stderr_is_not_uploaded_yet_says_where_it_will_be(ca
     s3.create_bucket(Bucket="orchard-lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     client = boto3.client("emr", region_name="eu-west-1")
     cluster_id = client.run_job_flow(**spec())["JobFlowId"]
-    step = emr.spark_step("orchard-pca", "s3://b/a/pca.py", [], py_files="s3://b/a/j.zip")
+    step = emr.spark_step("orchard-pca", "s3://b/a/pca.py", [], py_files="s3://b/a/j.zip", time_limit=60)
     (step_id,) = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"]
     started_step(cluster_id)  # it ran, and failed
     sensor = emr.ImageStepSensor(
@@ -383,7 +435,9 @@ def test_a_retried_add_steps_returns_the_step_already_on_the_cluster():
     cluster_id = client.run_job_flow(**spec())["JobFlowId"]
 
     def try_add(args: list[str]) -> list[str]:
-        step = emr.spark_step("orchard-featurize", "s3://b/a/featurize.py", args, py_files="s3://b/a/j.zip")
+        step = emr.spark_step(
+            "orchard-featurize", "s3://b/a/featurize.py", args, py_files="s3://b/a/j.zip", time_limit=60
+        )
         op = emr.RunStepsOperator(
             task_id="add_featurize_step", job_flow_id=cluster_id, steps=[step], region_name="eu-west-1"
         )

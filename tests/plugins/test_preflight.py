@@ -92,9 +92,9 @@ def test_a_complete_setup_passes_and_every_call_is_allowed_by_the_policy(aws, tm
     checks = run(aws, tmp_path, ORCHARD_KMS_KEY_ID=key["KeyId"], ORCHARD_EMR_SUBNET_ID=subnet)
 
     assert problems(checks) == []
-    # bucket, its region, encryption, 2 roles, EMR's cleanup role, release, instance type, vCPU
-    # quota, subnet, key, key use
-    assert len(checks) == 12
+    # bucket, its region, encryption, 2 roles, EMR's cleanup role, release, instance type, its
+    # executors, vCPU quota, subnet, key, key use
+    assert len(checks) == 13
     requests_made = iam.requests_for(calls)
     assert iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), requests_made) == []
 
@@ -369,4 +369,22 @@ def test_a_key_left_to_iam_is_checked_against_the_nodes_role(aws, tmp_path, deci
     stub.assert_no_pending_responses()
     assert (
         iam.refused(iam.airflow_policy(BUCKET, "prod", kms_key=key["KeyId"]), iam.requests_for(calls)) == []
+    )
+
+
+@pytest.mark.backs(
+    "an incomplete AWS set-up (bucket, encryption, roles, release, instance type, subnet, KMS key)"
+)
+def test_an_instance_type_too_small_for_an_executor_is_refused(aws, tmp_path):
+    """c4.large: 2 vCPU and 3.75 GB (EMR's ListSupportedInstanceTypes, as moto answers it)."""
+    (found,) = problems(run(aws, tmp_path, instance_type="c4.large"))
+    assert found == (
+        "PROBLEM ORCHARD_EMR_INSTANCE_TYPE=c4.large executors: 2 vCPU, 3.75 GB (2640 MB for YARN) "
+        "cannot host one executor (a 2 GiB heap, its Python workers and the application master): "
+        "pick a type with more memory"
+    )
+    (line,) = [str(c) for c in run(aws, tmp_path) if c.name.endswith("executors")]
+    assert line == (
+        "ok      ORCHARD_EMR_INSTANCE_TYPE=m5.xlarge executors: 4 task slots of 4 vCPU, heap 4096m, "
+        "overhead 4g in 12288 MB of YARN memory"
     )

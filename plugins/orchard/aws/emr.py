@@ -18,6 +18,7 @@ from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator, EmrC
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
 from orchard import clients
+from orchard.aws.sizing import executor_sizing, yarn_memory_mb
 from orchard.config import Settings
 from orchard.layout import slug
 from orchard.spark import steps
@@ -46,9 +47,20 @@ def job_flow_spec(
     wheelhouse_uri: str,
     instance_type: str,
     core_instances: int,
+    vcpu: int = 4,
+    memory_gb: float = 16.0,
 ) -> dict[str, Any]:
-    """RunJobFlow request for one pipeline run: a transient cluster that waits for its steps."""
+    """RunJobFlow request for one pipeline run: a transient cluster that waits for its steps.
+
+    `vcpu` and `memory_gb`: the instance type's, as ListSupportedInstanceTypes gives them (the
+    defaults are an m5.xlarge's); the executors are sized from them.
+    """
     emrfs = emrfs_encryption(settings)
+    sizing = executor_sizing(vcpu, yarn_memory_mb(instance_type, memory_gb))
+    if sizing is None:
+        raise ValueError(
+            f"{instance_type} ({vcpu} vCPU, {memory_gb} GB) cannot host one executor: pick a larger type"
+        )
     core_market = "SPOT" if settings.emr_core_spot else "ON_DEMAND"
     instances: dict[str, Any] = {
         "InstanceGroups": [
@@ -102,7 +114,7 @@ def job_flow_spec(
                     }
                 ],
             },
-            {"Classification": "spark-defaults", "Properties": step_conf()},
+            {"Classification": "spark-defaults", "Properties": {**step_conf(), **sizing}},
             # What the steps write to S3 through EMRFS is encrypted like everything else.
             *([{"Classification": "emrfs-site", "Properties": emrfs}] if emrfs else []),
         ],
@@ -136,47 +148,34 @@ def emrfs_encryption(settings: Settings) -> dict[str, str]:
     return props
 
 
-# Executor sizing (figures: docs/performance.md, "On EMR"). One Python worker per task slot
-# with ONE engine thread each: a worker's JPEG decoding overlaps the others' inference and nothing is
-# oversubscribed. WORKER_PEAK_GIB bounds a worker (an ONNX Runtime session and one image's
-# activations). The overhead (outside the JVM heap) is those workers with 50 % headroom, plus 1 GiB
-# for the JVM's own off-heap use (Netty, Arrow buffers, thread stacks). The container must fit YARN's
-# memory on the default m5.xlarge, 12,288 MB (EMR Release Guide, "Task configuration",
-# /emr/latest/ReleaseGuide/emr-hadoop-task-config.html), beside the client-mode application master
-# (spark.yarn.am.memory 512m + 384m overhead): tests/plugins/test_emr.py checks the sum.
-EXECUTOR_SLOTS = 4  # an m5.xlarge: 4 vCPU
-WORKER_PEAK_GIB = 0.5
-JVM_OFF_HEAP_GIB = 1.0
-EXECUTOR_HEAP_GIB = 4  # reads files, moves Arrow batches (the step's results are persisted on disk)
-EXECUTOR_OVERHEAD_GIB = math.ceil(EXECUTOR_SLOTS * WORKER_PEAK_GIB * 1.5 + JVM_OFF_HEAP_GIB)
-EXECUTOR_SIZING = {
-    "spark.executor.cores": str(EXECUTOR_SLOTS),
-    "spark.task.cpus": "1",  # featurize.py gives the engine spark.task.cpus threads per worker
-    "spark.executor.memory": f"{EXECUTOR_HEAP_GIB}g",
-    "spark.executor.memoryOverhead": f"{EXECUTOR_OVERHEAD_GIB}g",
-    "spark.python.worker.reuse": "true",  # a worker keeps its ONNX Runtime session across tasks
-}
-
-
 def step_conf() -> dict[str, str]:
-    """Spark configuration of the steps on EMR: the common one plus the nodes' Python."""
+    """Spark configuration of the steps on EMR: the common one plus the nodes' Python. The executor
+    sizing, which depends on the instance type, is in the cluster's spark-defaults (job_flow_spec)."""
     return {
         **steps.spark_conf(),
         "spark.pyspark.python": NODE_PYTHON,
         "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
         "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
-        **EXECUTOR_SIZING,
     }
 
 
-def spark_step(name: str, script: Any, args: Sequence[Any], *, py_files: Any) -> dict[str, Any]:
+def spark_step(
+    name: str, script: Any, args: Sequence[Any], *, py_files: Any, time_limit: Any
+) -> dict[str, Any]:
     """An EMR step that spark-submits `script`; a failure cancels later steps.
 
     Client deploy mode: the driver runs on the primary node, so its log (progress lines, the
     summary, a Python traceback) is the step's own stdout/stderr, which the step sensor tails on
     failure. spark-submit downloads the s3:// script and --py-files itself in client mode.
+
+    `timeout` (coreutils) ends the spark-submit after `time_limit` seconds, on the cluster itself: a
+    hung step otherwise keeps the cluster from being idle, and its idle auto-termination from ever
+    starting (EMR Management Guide, "Using an auto-termination policy": a running step or YARN
+    application is activity), even when Airflow is gone. The step then fails, and the later ones
+    are cancelled.
     """
-    submit = ["spark-submit", "--deploy-mode", "client", "--py-files", py_files]
+    limit = ["timeout", f"--kill-after={TIME_LIMIT_KILL_AFTER}", str(time_limit)]
+    submit = [*limit, "spark-submit", "--deploy-mode", "client", "--py-files", py_files]
     for key, value in step_conf().items():
         submit += ["--conf", f"{key}={value}"]
     return {
@@ -274,6 +273,26 @@ def first_step_id(add_steps_task_id: str) -> str:
 def step_timeout(images: int, *, base_seconds: int, seconds_per_image: float) -> int:
     """Seconds to wait for a step over `images` images: a fixed part plus a per-image part."""
     return int(base_seconds + math.ceil(max(images, 0) * seconds_per_image))
+
+
+# The cluster's own bound on a step: the sensor's wait plus this, so that the sensor (which
+# explains the failure) normally gives up first; SIGKILL TIME_LIMIT_KILL_AFTER s after SIGTERM.
+TIME_LIMIT_GRACE = 600
+TIME_LIMIT_KILL_AFTER = 60
+
+
+def step_time_limit(images: Any, base_seconds: int, seconds_per_image: float) -> int:
+    """Seconds a step may run on the cluster (a DAG macro: `images` comes from the upload's XCom)."""
+    return (
+        step_timeout(int(images), base_seconds=base_seconds, seconds_per_image=seconds_per_image)
+        + TIME_LIMIT_GRACE
+    )
+
+
+def time_limit_template(upload_task_id: str, *, base_seconds: int, seconds_per_image: float) -> str:
+    """The step's time limit as a template over the upload's image count (the DAG's step_time_limit macro)."""
+    images = f"ti.xcom_pull(task_ids='{upload_task_id}', key='image_count')"
+    return f"{{{{ step_time_limit({images}, {base_seconds}, {seconds_per_image}) }}}}"
 
 
 def stderr_uri(log_uri: str, cluster_id: str, step_id: str) -> str:

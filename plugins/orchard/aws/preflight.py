@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from orchard import clients
+from orchard.aws import sizing as executors
 from orchard.config import Settings
 from orchard.uris import split_uri
 
@@ -277,11 +278,35 @@ def check_release_and_instance(
             )
         )
         return checks, None
-    arch = types[instance_type].get("Architecture", "X86_64").lower()
+    described = types[instance_type]
+    arch = described.get("Architecture", "X86_64").lower()
     checks.append(
         Check(type_setting, True, f"supported by {release}, {arch} (its wheelhouse is built for it)")
     )
-    return checks, types[instance_type]
+    checks.append(check_executors(instance_type, described))
+    return checks, described
+
+
+def check_executors(instance_type: str, described: SupportedInstanceTypeTypeDef) -> Check:
+    """A node of the type can host an executor of the steps (sizing.executor_sizing), before any cost."""
+    name = f"ORCHARD_EMR_INSTANCE_TYPE={instance_type} executors"
+    vcpu, memory_gb = int(described.get("VCPU", 0)), float(described.get("MemoryGB", 0.0))
+    yarn_mb = executors.yarn_memory_mb(instance_type, memory_gb)
+    sizing = executors.executor_sizing(vcpu, yarn_mb)
+    if sizing is None:
+        return Check(
+            name,
+            False,
+            f"{vcpu} vCPU, {memory_gb:g} GB ({yarn_mb} MB for YARN) cannot host one executor (a 2 GiB heap, "
+            "its Python workers and the application master): pick a type with more memory",
+        )
+    return Check(
+        name,
+        True,
+        f"{sizing['spark.executor.cores']} task slots of {vcpu} vCPU, "
+        f"heap {sizing['spark.executor.memory']}, overhead {sizing['spark.executor.memoryOverhead']} "
+        f"in {yarn_mb} MB of YARN memory",
+    )
 
 
 # EC2's vCPU quotas for the standard families (A, C, D, H, I, M, R, T, Z), On-Demand and Spot, in

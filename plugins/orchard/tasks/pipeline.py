@@ -112,7 +112,8 @@ def stage_artifacts(
     staged = staging.stage_code(lake, settings.lake, jobs, bootstrap)
     emr_client = clients.aws_client("emr", settings.region, settings.aws_conn_id)
     types = preflight.supported_instance_types(emr_client, settings.emr_release)
-    architecture = types.get(params["instance_type"], {}).get("Architecture", "X86_64")
+    described = types.get(params["instance_type"], {})
+    architecture = described.get("Architecture", "X86_64")
     wheelhouse = staging.stage_wheelhouse(lake, settings.lake, bootstrap / "requirements.txt", architecture)
     job_flow = emr.job_flow_spec(
         settings,
@@ -123,6 +124,8 @@ def stage_artifacts(
         wheelhouse_uri=wheelhouse,
         instance_type=params["instance_type"],
         core_instances=params["core_instances"],
+        vcpu=int(described.get("VCPU", 4)),
+        memory_gb=float(described.get("MemoryGB", 16.0)),
     )
     return {
         "featurize": staged["featurize.py"],
