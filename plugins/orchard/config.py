@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     emr_root_volume_gb: int = 32
     emr_poll_seconds: int = 60
     # What one instance-hour of a node costs (EC2 + the EMR charge), for the report's cost estimate;
-    # ORCHARD_EMR_PRICES ({"m5.xlarge": 0.240, ...}, JSON) gives prices by instance type, which win.
+    # ORCHARD_EMR_PRICES ({"m5.xlarge": 0.262, ...}, JSON; an example: the EC2 + EMR list prices of your
+    # region are on their pricing pages) gives prices by instance type, which win.
     emr_price_per_hour: float | None = Field(None, ge=0)
     # Decoded here, not by pydantic-settings, so a malformed table gets an error naming the variable.
     emr_prices: Annotated[dict[str, float], NoDecode] = {}
@@ -177,7 +178,7 @@ class Settings(BaseSettings):
         try:
             return json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f'not a JSON object of prices such as {{"m5.xlarge": 0.24}} ({error})') from None
+            raise ValueError(f'not a JSON object of prices such as {{"m5.xlarge": 0.262}} ({error})') from None
 
     @field_validator("emr_prices")
     @classmethod

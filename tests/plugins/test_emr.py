@@ -377,7 +377,7 @@ def test_cluster_cost_of_a_cluster_not_terminated_yet_is_its_cost_so_far():
     client = boto3.client("emr", region_name="eu-west-1")
     cluster_id = run_cluster(client, core_type="m5.xlarge", core_count=1)
 
-    cost = emr.cluster_cost(client, cluster_id, price_per_hour=1.0)
+    cost = emr.cluster_cost(client, cluster_id, price_per_hour=1.0, wait=(0, 1))  # still running
 
     assert cost["ended"] is None
     assert 0 <= cost["lifetime_seconds"] < 60
@@ -496,3 +496,38 @@ def test_steps_cancelled_by_a_failed_cluster_are_explained_by_the_cluster(code, 
     assert "never started, so it has no stderr" in text
     assert "aws s3 ls --recursive s3://lake/prod/emr-logs/j-1/node/" in text
     assert "not in S3 yet" not in text
+
+
+def test_the_cost_waits_for_a_terminating_cluster_to_end():
+    """The report asks right after the teardown: a TERMINATING cluster is waited on (boto3's
+    ClusterTerminated waiter) and priced to its end, shut-down included. botocore's Stubber checks
+    the responses against EMR's model (moto terminates at once)."""
+    from botocore.stub import Stubber
+
+    client = boto3.client("emr", region_name="eu-west-1")
+    created = datetime.datetime(2026, 12, 5, 8, 0, tzinfo=datetime.UTC)
+    ended = created + datetime.timedelta(minutes=30)
+
+    def described(state: str, end: datetime.datetime | None) -> dict:
+        timeline = {"CreationDateTime": created, **({"EndDateTime": end} if end else {})}
+        return {
+            "Cluster": {"Id": "j-1", "Name": "orchard-run", "Status": {"State": state, "Timeline": timeline}}
+        }
+
+    groups = {
+        "InstanceGroups": [
+            {"InstanceGroupType": role, "InstanceType": "m5.xlarge", "RequestedInstanceCount": count}
+            for role, count in (("MASTER", 1), ("CORE", 2))
+        ]
+    }
+    with Stubber(client) as stub:
+        stub.add_response("describe_cluster", described("TERMINATING", None), {"ClusterId": "j-1"})
+        stub.add_response("describe_cluster", described("TERMINATED", ended), {"ClusterId": "j-1"})
+        stub.add_response("describe_cluster", described("TERMINATED", ended), {"ClusterId": "j-1"})
+        stub.add_response("list_instance_groups", groups, {"ClusterId": "j-1"})
+        cost = emr.cluster_cost(client, "j-1", price_per_hour=0.262, wait=(0, 5))
+        stub.assert_no_pending_responses()
+
+    assert (cost["state"], cost["ended"]) == ("TERMINATED", ended.isoformat())
+    assert cost["lifetime_seconds"] == 1800
+    assert cost["estimate"]["cost"] == pytest.approx(3 * 0.5 * 0.262)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator, EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from botocore.exceptions import WaiterError
 
 from orchard import clients
 from orchard.aws.sizing import executor_sizing, yarn_memory_mb
@@ -428,11 +429,25 @@ def failure_report(emr_client: EMRClient, s3_client: S3Client, log_uri: str, clu
     return lines
 
 
+def wait_until_ended(emr_client: EMRClient, cluster_id: str, delay: int = 15, attempts: int = 40) -> bool:
+    """Wait (at most delay x attempts s) for a terminating cluster to end, with boto3's own
+    ClusterTerminated waiter; whether it ended. Its end time is what bounds its cost."""
+    try:
+        emr_client.get_waiter("cluster_terminated").wait(
+            ClusterId=cluster_id, WaiterConfig={"Delay": delay, "MaxAttempts": attempts}
+        )
+    except WaiterError as exc:  # TERMINATED_WITH_ERRORS is an end too; a timeout is not
+        state = (getattr(exc, "last_response", None) or {}).get("Cluster", {}).get("Status", {}).get("State")
+        return state == "TERMINATED_WITH_ERRORS"
+    return True
+
+
 def cluster_cost(
     emr_client: EMRClient,
     cluster_id: str,
     price_per_hour: float | None = None,
     prices: Mapping[str, float] | None = None,
+    wait: tuple[int, int] = (15, 40),
 ) -> dict[str, Any]:
     """What a cluster ran and for how long, with a cost estimate when a price per instance-hour is known.
 
@@ -443,7 +458,12 @@ def cluster_cost(
     approximation of the cost of the cluster ... Larger instances are weighted more ... This result
     is only an approximation and does not reflect the actual billing rate"
     (https://docs.aws.amazon.com/emr/latest/APIReference/API_ClusterSummary.html, NormalizedInstanceHours).
+
+    The report runs right after the teardown asked for termination: the cluster is first waited on
+    until it has ended (`wait`: delay and attempts, ~10 min at most), so that its lifetime includes
+    the shut-down; a cluster still up after that is priced for its lifetime so far, and says so.
     """
+    wait_until_ended(emr_client, cluster_id, *wait)
     cluster = emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     status = cluster.get("Status", {})
     timeline = status.get("Timeline", {})
