@@ -161,7 +161,10 @@ def statement_matches(statement: Mapping[str, Any], request: Request) -> bool:
     """
     if not any(_wildcard(a, request.action, ignore_case=True) for a in _listed(statement["Action"])):
         return False
-    if not any(_wildcard(r, request.resource) for r in _listed(statement.get("Resource", "*"))):
+    if "NotResource" in statement:  # every resource but these
+        if any(_wildcard(r, request.resource) for r in _listed(statement["NotResource"])):
+            return False
+    elif not any(_wildcard(r, request.resource) for r in _listed(statement.get("Resource", "*"))):
         return False
     bad = unsupported_condition_keys({"Statement": [statement]}, [request.action])
     if bad:

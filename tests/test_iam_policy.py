@@ -114,20 +114,39 @@ MULTIPART = (
 
 @pytest.mark.parametrize(
     "policy",
-    [iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET}), *documented_bucket_policies()],
+    [
+        iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET, "LAKE_PREFIX": PREFIX}),
+        *documented_bucket_policies(),
+    ],
     ids=lambda p: p["Statement"][0].get("Sid", "?"),
 )
 @pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_recommended_bucket_policies_let_multipart_uploads_through(policy):
     # UploadPart/UploadPartCopy cannot carry x-amz-server-side-encryption, so a Deny on its absence
     # refuses every multipart upload (the CSV merge, EMRFS's large writes).
-    policy = json.loads(json.dumps(policy).replace("LAKE_BUCKET", BUCKET))
+    policy = json.loads(json.dumps(policy).replace("LAKE_BUCKET", BUCKET).replace("LAKE_PREFIX", PREFIX))
     assert iam.refused(policy, iam.requests_for(MULTIPART), resource_policy=True) == []
 
 
 @pytest.mark.backs("encryption enforced without breaking multipart uploads")
+def test_emrs_log_writes_are_not_refused_whatever_encryption_they_ask_for():
+    """The documentation does not say which encryption header EMR's log pusher sends to LogUri
+    ("Configure Amazon EMR cluster logging and debugging"): the SSE-KMS bucket policy exempts the
+    default log prefix, so logs arrive whatever it sends; any other write asking for AES256 is denied."""
+    policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET, "LAKE_PREFIX": PREFIX})
+    log = f"{PREFIX}/emr-logs/j-1/steps/s-1/stderr.gz"
+    for extra in ({"ServerSideEncryption": "AES256"}, {}):
+        (request,) = iam.requests_for([s3_call("PutObject", Bucket=BUCKET, Key=log, **extra)])
+        assert iam.decide(policy, request) == "implicit deny"  # not denied: the bucket policy allows nothing
+    elsewhere = s3_call(
+        "PutObject", Bucket=BUCKET, Key=f"{PREFIX}/runs/x.json", ServerSideEncryption="AES256"
+    )
+    assert iam.decide(policy, iam.requests_for([elsewhere])[0]) == "deny"
+
+
+@pytest.mark.backs("encryption enforced without breaking multipart uploads")
 def test_the_sse_kms_bucket_policy_refuses_writes_that_ask_for_another_encryption():
-    policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET, "LAKE_PREFIX": PREFIX})
     sse_s3 = s3_call("PutObject", Bucket=BUCKET, Key="a", ServerSideEncryption="AES256")
     kms = s3_call("PutObject", Bucket=BUCKET, Key="a", ServerSideEncryption="aws:kms", SSEKMSKeyId="k")
     default = s3_call("PutObject", Bucket=BUCKET, Key="a")  # the bucket's default encryption applies
@@ -143,7 +162,7 @@ def test_the_sse_kms_bucket_policy_refuses_writes_that_ask_for_another_encryptio
 def test_parliament_finds_nothing_in_the_shipped_policies():
     from parliament import analyze_policy_string
 
-    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET, "LAKE_PREFIX": PREFIX})
     for name, policy in (("airflow-iam-policy.json", POLICY), ("lake-bucket-policy.json", bucket_policy)):
         findings = analyze_policy_string(json.dumps(policy), include_community_auditors=False).findings
         assert [(f.issue, f.detail, f.location) for f in findings] == [], name
@@ -199,7 +218,7 @@ def test_the_evaluator_refuses_condition_keys_an_action_does_not_support():
     # The keys the shipped statements use are supported by every action they grant.
     actions = {a for s in POLICY["Statement"] for a in iam._listed(s["Action"])}
     assert iam.unsupported_condition_keys(POLICY, sorted(actions)) == []
-    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET})
+    bucket_policy = iam.load_policy(BUCKET_POLICY, {"LAKE_BUCKET": BUCKET, "LAKE_PREFIX": PREFIX})
     assert iam.unsupported_condition_keys(bucket_policy, ["s3:PutObject", "s3:GetObject"]) == []
     # Tag keys are taken where the reference lists them: RunJobFlow's request tags, a cluster's tags.
     assert iam.supports("elasticmapreduce:RunJobFlow", "aws:RequestTag/project")
