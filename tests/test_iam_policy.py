@@ -90,6 +90,10 @@ def test_clusters_are_created_tagged_with_auto_termination_and_only_our_roles_ar
     assert iam.decide(POLICY, other_service_role) == "implicit deny"  # that one role only
     untagged = iam.Call("emr", "RunJobFlow", {**spec, "Tags": []}, {"JobFlowId": "j-2"}, "eu-west-1")
     assert iam.refused(POLICY, iam.requests_for([untagged]))  # no project tag: no cluster
+    v2 = iam.Call(
+        "emr", "RunJobFlow", {**spec, "ServiceRole": "EMR_DefaultRole_V2"}, {"JobFlowId": "j-3"}, "eu-west-1"
+    )
+    assert iam.refused(POLICY, iam.requests_for([v2])) == []  # the v2 service role may be passed too
     other_role = iam.Call("emr", "RunJobFlow", {**spec, "ServiceRole": "Admin"}, {}, "eu-west-1")
     assert any("iam:PassRole" in r for r in iam.refused(POLICY, iam.requests_for([other_role])))
     foreign = iam.Request("elasticmapreduce:TerminateJobFlows", CLUSTER, {"aws:ResourceTag/project": "x"})

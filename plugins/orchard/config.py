@@ -178,7 +178,9 @@ class Settings(BaseSettings):
         try:
             return json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f'not a JSON object of prices such as {{"m5.xlarge": 0.262}} ({error})') from None
+            raise ValueError(
+                f'not a JSON object of prices such as {{"m5.xlarge": 0.262}} ({error})'
+            ) from None
 
     @field_validator("emr_prices")
     @classmethod

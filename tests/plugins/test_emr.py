@@ -66,6 +66,7 @@ def test_spec_defaults():
         "project": "orchard",
         "dag_id": "fruits_pipeline",
         "dag_run_id": "manual__2026-11-21T10:00:00+00:00",
+        "for-use-with-amazon-emr-managed-policies": "true",  # the v2 service role needs it
     }
     assert (flow["ServiceRole"], flow["JobFlowRole"]) == ("EMR_DefaultRole", "EMR_EC2_DefaultRole")
     assert "SecurityConfiguration" not in flow

@@ -124,6 +124,9 @@ def job_flow_spec(
             {"Key": "project", "Value": "orchard"},
             {"Key": "dag_id", "Value": dag_id},
             {"Key": "dag_run_id", "Value": run_id[:256]},
+            # Required by the v2 service role's managed policy (AmazonEMRServicePolicy_v2, EMR
+            # Management Guide, "Service role for Amazon EMR"); a plain tag with the v1 role.
+            {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"},
         ],
     }
     if settings.emr_security_configuration:
