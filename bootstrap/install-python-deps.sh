@@ -18,17 +18,23 @@ fi
 workdir="$(mktemp -d)"
 trap 'rm -rf "${workdir}"' EXIT
 
+# Python 3.11 itself comes from the distribution (Amazon Linux's repositories) when a node lacks it.
 if ! command -v "${python}" >/dev/null 2>&1; then
-  "${sudo_cmd[@]}" dnf install -y -q python3.11 python3.11-pip
-fi
-if ! "${python}" -m pip --version >/dev/null 2>&1; then
-  "${sudo_cmd[@]}" dnf install -y -q python3.11-pip
+  "${sudo_cmd[@]}" dnf install -y -q python3.11
 fi
 
 aws s3 cp --only-show-errors "${requirements_uri}" "${workdir}/requirements.txt"
 aws s3 cp --only-show-errors "${wheelhouse_uri}" "${workdir}/wheelhouse.tar"
 mkdir "${workdir}/wheels"
 tar -xf "${workdir}/wheelhouse.tar" -C "${workdir}/wheels"
+
+# pip from the staged wheel when the node's Python has none: pip runs from its own wheel file.
+if ! "${python}" -m pip --version >/dev/null 2>&1; then
+  pip_wheel="$(find "${workdir}/wheels" -maxdepth 1 -name 'pip-*.whl' | head -n 1)"
+  [[ -n "${pip_wheel}" ]] || { echo "no pip wheel in ${wheelhouse_uri}" >&2; exit 1; }
+  "${sudo_cmd[@]}" "${python}" "${pip_wheel}/pip" install --quiet --no-input --disable-pip-version-check \
+    --no-index --find-links "${workdir}/wheels" pip
+fi
 # System-wide, so YARN containers running as other users import the same packages; --no-index:
 # only the staged wheels, so a missing one fails here instead of reaching for PyPI.
 "${sudo_cmd[@]}" "${python}" -m pip install --quiet --no-input --disable-pip-version-check \

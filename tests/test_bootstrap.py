@@ -63,7 +63,7 @@ def test_bootstrap_installs_the_node_requirements_from_the_staged_wheelhouse_onl
     s3.upload_file(str(REQUIREMENTS), BUCKET, f"{prefix}/requirements.txt")
     s3.upload_file(str(wheelhouse), BUCKET, f"{prefix}/{artifacts.WHEELHOUSE}")
     node = tmp_path / "node"
-    venv.EnvBuilder(with_pip=True).create(node)
+    venv.EnvBuilder(with_pip=False).create(node)  # a node's Python without pip: it comes from the lake
     env |= {"ORCHARD_BOOTSTRAP_PYTHON": str(node / "bin" / "python"), "ORCHARD_BOOTSTRAP_SUDO": ""}
     command = ["bash", str(SCRIPT), f"s3://{BUCKET}/{prefix}/requirements.txt",
                f"s3://{BUCKET}/{prefix}/{artifacts.WHEELHOUSE}"]  # fmt: skip
@@ -72,6 +72,10 @@ def test_bootstrap_installs_the_node_requirements_from_the_staged_wheelhouse_onl
     first = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=900)
     took = time.monotonic() - started
     assert first.returncode == 0, first.stderr[-3000:]
+    pip = subprocess.run(
+        [str(node / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True, check=True
+    )
+    assert pip.stdout.startswith(f"pip {artifacts.NODE_PIP.split('==')[1]} "), pip.stdout
     pins = [line.split("==")[0] for line in REQUIREMENTS.read_text().splitlines() if "==" in line]
     for name in pins:
         assert f"orchard bootstrap ok: {name} " in first.stdout, first.stdout

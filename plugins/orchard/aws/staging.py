@@ -56,6 +56,9 @@ def content_hash(files: dict[str, Path]) -> str:
 # older glibc versions, so every tag such a node accepts is listed.
 NODE_PYTHON_VERSION = "311"
 WHEELHOUSE = "wheelhouse.tar"
+# pip itself travels in the wheelhouse: a node whose Python 3.11 has no pip installs it from there,
+# not from the distribution's repositories (the same pin as the Makefile's venvs).
+NODE_PIP = "pip==26.3"
 MACHINES = {"X86_64": "x86_64", "AARCH64": "aarch64"}
 
 
@@ -71,7 +74,7 @@ def node_platforms(architecture: str = "X86_64") -> tuple[str, ...]:
 
 def requirements_hash(requirements: Path, architecture: str = "X86_64") -> str:
     """A short hash of the node requirements and the platform: one wheelhouse per hash."""
-    platform = f"{node_platforms(architecture)[0]} cp{NODE_PYTHON_VERSION}\0"
+    platform = f"{node_platforms(architecture)[0]} cp{NODE_PYTHON_VERSION} {NODE_PIP}\0"
     return hashlib.sha256(platform.encode() + requirements.read_bytes()).hexdigest()[:16]
 
 
@@ -92,7 +95,7 @@ def build_wheelhouse(requirements: Path, cache_dir: Path, architecture: str = "X
              "--only-binary=:all:", *(f"--platform={tag}" for tag in node_platforms(architecture)),
              "--implementation", "cp",
              "--python-version", NODE_PYTHON_VERSION, "--abi", f"cp{NODE_PYTHON_VERSION}",
-             "--requirement", str(requirements), "--dest", str(wheels)],
+             "--requirement", str(requirements), NODE_PIP, "--dest", str(wheels)],
             check=True,
         )  # fmt: skip
         partial = Path(work) / WHEELHOUSE
