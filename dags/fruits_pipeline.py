@@ -177,7 +177,8 @@ def report(run: dict[str, Any], cluster_id: str | None = None) -> str:
 @task
 def check_aws() -> None:
     """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
-    pipeline.check_aws(settings, get_current_context()["params"]["instance_type"])
+    params = get_current_context()["params"]
+    pipeline.check_aws(settings, params["instance_type"], params["core_instances"])
 
 
 @task(multiple_outputs=True)

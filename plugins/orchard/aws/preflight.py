@@ -511,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m orchard preflight", description="Check the AWS set-up of the emr target before a run"
     )
     parser.add_argument("--instance-type", help="instance type to check (default ORCHARD_EMR_INSTANCE_TYPE)")
+    parser.add_argument(
+        "--core-instances",
+        type=int,
+        help="core nodes to check the quota for (default ORCHARD_EMR_CORE_INSTANCES)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if not settings.lake_on_s3:
@@ -521,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     def client(service: clients.Service) -> Any:
         return s3 if service == "s3" else clients.aws_client(service, settings.region)
 
-    checks = run_checks(settings, client, args.instance_type)
+    checks = run_checks(settings, client, args.instance_type, args.core_instances)
     for check in checks:
         print(check)
     failed = problems(checks)

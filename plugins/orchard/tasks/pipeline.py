@@ -84,14 +84,14 @@ def report(settings: Settings, run: RunLayout, cluster_id: str | None = None) ->
     return page
 
 
-def check_aws(settings: Settings, instance_type: str) -> None:
+def check_aws(settings: Settings, instance_type: str, core_instances: int | None = None) -> None:
     """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
     s3, _ = clients.s3_access(settings.region, settings.encryption, conn_id=settings.aws_conn_id)
 
     def client(service: clients.Service) -> Any:
         return s3 if service == "s3" else clients.aws_client(service, settings.region, settings.aws_conn_id)
 
-    checks = preflight.run_checks(settings, client, instance_type)
+    checks = preflight.run_checks(settings, client, instance_type, core_instances)
     for check in checks:
         print(check)
     failed = preflight.problems(checks)
