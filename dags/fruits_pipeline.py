@@ -68,6 +68,7 @@ from orchard.config import Settings
 from orchard.layout import RunLayout
 from orchard.spark import steps
 from orchard.tasks import pipeline
+from orchard.tasks.notify import failure_callbacks
 from orchard.tasks.watch import dag_schedule
 
 settings = Settings.from_env()
@@ -316,6 +317,8 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    # ORCHARD_NOTIFY_*: a failed run sends e-mail and/or a webhook message (off unless set).
+    on_failure_callback=failure_callbacks(settings),
     params=PARAMS,
     tags=["orchard", settings.target],
     # Operators take the arguments they accept from here: the AWS and Spark connections.

@@ -88,6 +88,21 @@ class Settings(BaseSettings):
     # Decoded here, not by pydantic-settings, so a malformed table gets an error naming the variable.
     emr_prices: Annotated[dict[str, float], NoDecode] = {}
     s3_endpoint: str | None = None
+    # The PCA basis of a run: "refit" fits it on the run's features (its component signs aligned
+    # to the published basis), "reuse" projects them on the published basis (latest's pca_model).
+    pca_mode: Literal["refit", "reuse"] = "refit"
+    # Retention of the runs' outputs (the retention task, after each run's report): an attempt is
+    # removed once it is neither among the newest RETAIN_ATTEMPTS nor younger than RETAIN_DAYS;
+    # 0 turns a limit off, both 0 keep everything. latest's attempt and erasure records always stay.
+    retain_attempts: int = Field(30, ge=0)
+    retain_days: int = Field(90, ge=0)
+    # Failure notifications, off unless one is set: e-mail to these comma-separated addresses
+    # through an Airflow SMTP connection, and/or a POST of {"text": ...} to the URL of an Airflow
+    # HTTP connection (a Slack or Teams incoming webhook: the URL, a secret, stays in the connection).
+    notify_email: Annotated[list[str], NoDecode] = []
+    notify_from: str | None = None
+    notify_smtp_conn_id: str = "smtp_default"
+    notify_webhook_conn_id: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +169,8 @@ class Settings(BaseSettings):
         "emr_security_configuration",
         "s3_endpoint",
         "emr_price_per_hour",
+        "notify_from",
+        "notify_webhook_conn_id",
         mode="before",
     )
     @classmethod
@@ -167,6 +184,17 @@ class Settings(BaseSettings):
     @classmethod
     def _normalise_lake(cls, value: str) -> str:
         return normalise_uri(value)
+
+    @field_validator("notify_email", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        addresses = [part.strip() for part in value.split(",") if part.strip()]
+        bad = [a for a in addresses if "@" not in a[1:-1]]
+        if bad:
+            raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+        return addresses
 
     @field_validator("emr_prices", mode="before")
     @classmethod

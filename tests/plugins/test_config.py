@@ -95,13 +95,21 @@ def test_every_variable_is_read():
         "emr_price_per_hour": 0.25,
         "emr_prices": {"m5.xlarge": 0.24},
         "s3_encryption": "sse-s3",
+        "pca_mode": "reuse",
+        "retain_attempts": 7,
+        "retain_days": 7,
+        "notify_email": ["team@example.org"],
     }
     variables = Settings.variables()
     assert len(set(variables.values())) == len(variables)
     assert all(name.startswith("ORCHARD_") for name in variables.values())
     expected = {field: values.get(field, f"value-of-{field}") for field in variables}
     env = {
-        variables[field]: json.dumps(value) if isinstance(value, dict) else str(value).lower()
+        variables[field]: json.dumps(value)
+        if isinstance(value, dict)
+        else ",".join(value)
+        if isinstance(value, list)
+        else str(value).lower()
         for field, value in expected.items()
     }
     settings = Settings.from_env(env)
