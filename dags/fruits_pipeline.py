@@ -4,12 +4,12 @@
 Turns a folder of fruit photos (one sub-folder per class) into a table of PCA features.
 
 - local target: `upload_images` → `convert_model` → `featurize` → `pca` → `export_csv` → `report`
-  (spark-submit, local mode)
+  → `retention` (spark-submit, local mode)
 - emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
   `terminate_cluster` (teardown: it runs whatever happened before it) → `report` (with what the
   cluster ran, for how long, and an estimate of its cost when ORCHARD_EMR_PRICE_PER_HOUR is set);
-  then `check_outcome` (teardown too), the run's verdict: it fails the run unless every other task
+  → `retention`; then `check_outcome` (teardown too), the run's verdict: it fails the run unless every other task
   succeeded, so a failed step, or a run marked failed while it waits for a step, ends failed
 
 1. **upload_images** checks the `source` folder (missing or empty: the run stops here, before any
@@ -99,6 +99,14 @@ PARAMS = {
         title="Explained variance target",
         description="Without a component count: the fewest components explaining this share.",
     ),
+    "pca_mode": Param(
+        settings.pca_mode,
+        type="string",
+        enum=["refit", "reuse"],
+        title="PCA basis",
+        description="refit: fit the PCA on this run (component signs aligned to the published basis); "
+        "reuse: project on the published basis (latest run's), so the CSVs of runs share axes.",
+    ),
     "weights": Param(
         settings.weights,
         type="string",
@@ -176,6 +184,12 @@ def report(run: dict[str, Any], cluster_id: str | None = None) -> str:
 
 
 @task
+def retention(staged: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Remove old attempts (ORCHARD_RETAIN_*), never latest's or an erasure record; on EMR old logs too."""
+    return pipeline.retention(settings, staged)
+
+
+@task
 def check_aws() -> None:
     """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
     params = get_current_context()["params"]
@@ -231,6 +245,7 @@ def local_pipeline() -> None:
         pca,
         export_csv(upload["run"], upload["sync"]),
         report(upload["run"]),
+        retention(),
     )
 
 
@@ -305,7 +320,7 @@ def emr_pipeline() -> None:
     upload >> [add_featurize_step, add_pca_step]
     chain(add_featurize_step, wait_featurize, add_pca_step, wait_pca, export, terminate_cluster, reported)
     export >> reported
-    chain([terminate_cluster, reported], check_outcome())
+    chain([terminate_cluster, reported >> retention(stage)], check_outcome())
 
 
 with DAG(

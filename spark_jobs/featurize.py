@@ -3,6 +3,9 @@
     spark-submit featurize.py --images URI --features URI --quarantine URI --summary URI \
         --model URI [--inputs URI] [--partitions N] [--limit N] [--cache URI]
 
+With --cache, the features of every content are stored once, in the cache, and --features is the
+run's index into it (orchard_jobs.features.INDEX_TYPE); without, --features holds the features.
+
 --inputs names the run's input listing (Parquet, written by the upload): the step reads exactly
 those paths below --images, and every listed path ends in the features or the quarantine. Without
 it, the input is every file Spark lists below --images.
@@ -96,20 +99,31 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     job_started = time.time()
     phases["cache_lookup"] = job_started - started - phases["model"] - phases["listing"]
     outcomes = features.outcomes(spark, results, listing, args.images, sized=bool(args.inputs))
-    # The counts come from the features' write itself (observed metrics): no job of their own.
+    # The counts come from the first output's write itself (observed metrics): no job of their own.
     observation = Observation("orchard-outcomes")
     observed = outcomes.observe(observation, *features.outcome_metrics())
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
-        features.featurized(observed).write.mode("overwrite").parquet(args.features)
+        features.quarantined(observed).write.mode("overwrite").parquet(args.quarantine)
     counts = {key: int(value) for key, value in observation.get.items()}
     phases["featurize"] = time.time() - job_started
-    features.quarantined(outcomes).write.mode("overwrite").parquet(args.quarantine)
     # Outcomes that do not add up fail the step (and the run) before anything reaches the cache,
     # which later runs share.
     if counts["inputs"] != listed or counts["featurized"] + counts["quarantined"] != listed:
         raise RuntimeError(f"accounting failed: {listed} listed inputs, outcomes {counts}")
-    if cache_at:  # new files of the cache, written once this run's outputs are complete
-        features.new_cache_rows(results).write.mode("append").parquet(cache_at)
+    if cache_at:
+        # The features are stored once, in the cache; the run's own output is an index into it.
+        computed = counts["featurized"] - counts["from_cache"]
+        added = features.append_to_cache(spark, results, cache_at, computed)
+        features.features_index(outcomes, added).write.mode("overwrite").parquet(args.features)
+        index = spark.read.parquet(args.features)
+        indexed, unplaced = index.count(), index.where("segment IS NULL").count()
+        if indexed != counts["featurized"] or unplaced:
+            raise RuntimeError(
+                f"accounting failed: {counts['featurized']} featurized images, {indexed} in the index, "
+                f"{unplaced} of them without a row in {cache_at}"
+            )
+    else:
+        features.featurized(outcomes).write.mode("overwrite").parquet(args.features)
     results.unpersist()
     phases["write"] = time.time() - job_started - phases["featurize"]
 

@@ -123,12 +123,15 @@ def seaweedfs(work: Path, timeout: float = 60) -> Generator[Store]:
 
 
 def empty_bucket(client, bucket: str) -> None:
-    """Create `bucket`, or delete every object it holds (a fresh bucket for each test)."""
-    with contextlib.suppress(
-        client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
-    ):
-        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objects:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+    """A fresh `bucket` for each test: its objects deleted, then the bucket itself, then made again.
+
+    SeaweedFS keeps the folders of deleted objects (its filer's directories), which S3 listings
+    then show as prefixes: only a new bucket is empty.
+    """
+    with contextlib.suppress(client.exceptions.NoSuchBucket):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})

@@ -15,6 +15,7 @@ from PIL import Image
 from orchard.samples import generate
 from orchard.uris import local_path
 from tests.conftest import ROOT
+from tests.features_table import read_features
 from tests.imagefactory import truncated_jpeg
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,7 @@ def check_run(lake: Path, source: Path) -> dict:
     manifest = json.loads(local_path(latest["manifest"]).read_text())
     outputs = {k: local_path(v) for k, v in manifest["outputs"].items()}
 
-    feats = pd.read_parquet(outputs["features"])
+    feats = read_features(outputs["features"], lake / "cache" / "features")
     quarantine = pd.read_parquet(outputs["quarantine"])
     assert set(feats.path).isdisjoint(quarantine.path)
     assert sorted([*feats.path, *quarantine.path]) == sorted(files_below(source))

@@ -14,6 +14,7 @@ from PIL import Image
 from orchard.samples import generate
 from orchard.uris import local_path
 from tests.conftest import ROOT
+from tests.features_table import read_features
 from tests.imagefactory import encode, gradient
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,8 @@ def latest(lake: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, list[list[str]
     outputs = {key: local_path(uri) for key, uri in manifest["outputs"].items()}
     with outputs["csv"].open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))[1:]
-    return manifest, pd.read_parquet(outputs["features"]), pd.read_parquet(outputs["quarantine"]), rows
+    features = read_features(outputs["features"], lake / "cache" / "features")
+    return manifest, features, pd.read_parquet(outputs["quarantine"]), rows
 
 
 @pytest.mark.backs(

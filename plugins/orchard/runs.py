@@ -46,7 +46,11 @@ def build_manifest(
             "k": pca["k"],
             "target_variance": pca["target_variance"],
             "variance_kept": pca["variance_kept"],
+            # Fitted by this run, or reused (pca_mode=reuse): where and when the basis was fitted.
+            "basis": pca.get("basis"),
         },
+        # The ONNX model the features came from: a later run reuses this PCA basis only with it.
+        "model": featurized.get("model"),
         "timings_seconds": {
             "upload_images": sync.get("seconds"),
             "featurize": featurized.get("seconds"),
@@ -67,7 +71,10 @@ def export_run(lake: Lake, run: RunLayout, sync: Mapping[str, Any]) -> dict[str,
     """
     featurized = lake.read_json(run.featurize_summary)
     pca = lake.read_json(run.pca_summary)
-    merge_stats = lake.merge_csv(pca["columns"], run.csv_parts, run.csv)
+    if lake.list_files(run.csv_parts) or not lake.exists(run.csv):
+        merge_stats = lake.merge_csv(pca["columns"], run.csv_parts, run.csv)
+    else:  # this task again, after it assembled the CSV and removed the parts
+        merge_stats = lake.read_json(run.manifest).get("csv_merge", {}) if lake.exists(run.manifest) else {}
     manifest = build_manifest(run, sync, featurized, pca)
     if not manifest["counts"]["accounted"]:
         counts = manifest["counts"]
@@ -77,6 +84,8 @@ def export_run(lake: Lake, run: RunLayout, sync: Mapping[str, Any]) -> dict[str,
         )
     manifest["csv_merge"] = merge_stats
     lake.write_json(run.manifest, manifest)
+    # The parts hold the CSV's bytes a second time: once it is assembled, they go.
+    lake.delete_folder(run.csv_parts)
     for warning in manifest["warnings"]:
         log.warning("%s", warning)
     log.info("pcaFeatures.csv: %s (%d rows, k=%d)", run.csv, pca["n_images"], pca["k"])
@@ -94,6 +103,29 @@ def publish(lake: Lake, run: RunLayout) -> None:
     }
     lake.write_json(LakeLayout(run.lake).latest, pointer)
     log.info("latest.json now points at %s", run.root)
+
+
+def published_basis(lake: Lake, lake_uri: str, model_sha256: str, mode: str) -> RunLayout | None:
+    """The attempt whose PCA model `latest.json` publishes, when its features came from this model.
+
+    Raises for `reuse` when the published basis was fitted on another model's features: its axes
+    do not apply. Without anything published (a first run) there is none, and the run fits.
+    """
+    try:
+        latest = lake.read_json(LakeLayout(lake_uri).latest)
+    except FileNotFoundError:
+        return None
+    manifest = lake.read_json(latest["manifest"])
+    used = (manifest.get("model") or {}).get("sha256")
+    if used != model_sha256:
+        if mode == "reuse":
+            raise ValueError(
+                f"pca_mode=reuse: the published PCA basis ({latest['manifest']}) was fitted on features of "
+                f"model {used or 'unrecorded'}, this run's model is {model_sha256}: run once with "
+                "pca_mode=refit to publish a basis for it"
+            )
+        return None
+    return RunLayout.from_xcom(manifest["run"])
 
 
 def next_attempt(lake: Lake, lake_uri: str, run_id: str) -> int:

@@ -44,6 +44,8 @@ RESULT_TYPE = T.StructType(
         T.StructField("sha256", T.StringType(), True),
         # True when the features came from the cache instead of the model.
         T.StructField("from_cache", T.BooleanType(), True),
+        # The cache file holding the features, relative to the cache (rows from the cache).
+        T.StructField("segment", T.StringType(), True),
     ]
 )
 
@@ -52,6 +54,18 @@ CACHE_TYPE = T.StructType(
     [
         T.StructField("sha256", T.StringType(), False),
         T.StructField("features", T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
+# A run's features when a cache is given: one row per featurized image naming the cache file
+# (`segment`, relative to the cache folder) that holds its content's features. The features
+# themselves are stored once, in the cache; a re-run on unchanged images writes only this index.
+INDEX_TYPE = T.StructType(
+    [
+        T.StructField("path", T.StringType(), False),
+        T.StructField("label", T.StringType(), True),
+        T.StructField("sha256", T.StringType(), False),
+        T.StructField("segment", T.StringType(), False),
     ]
 )
 
@@ -222,6 +236,7 @@ def outcomes(
         F.lit(None).cast("int").alias("worker"),
         "sha256",
         F.lit(False).alias("from_cache"),
+        F.lit(None).cast("string").alias("segment"),
     )
     return checked.select(*RESULT_TYPE.fieldNames()).unionByName(extra)
 
@@ -296,6 +311,7 @@ def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -
             records["worker"] = pd.array([worker if ok else None for ok in inferred], dtype="Int32")
             records["sha256"] = [hashlib.sha256(content).hexdigest() for content in contents]
             records["from_cache"] = False
+            records["segment"] = None
             print(
                 f"orchard: featurized {int(inferred.sum())} files in python worker pid={worker} "
                 f"({time.perf_counter() - started:.2f} s)",
@@ -310,16 +326,56 @@ def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -
     return spread.select(_featurize("path", "content").alias("r")).select("r.*")
 
 
+def cache_folder(digest: str) -> str:
+    """The cache's folder for the features computed by the model of this digest."""
+    return f"model={digest[:16]}"
+
+
 def cache_uri(cache_root: str, digest: str) -> str:
     """Where features computed by the model of this digest are cached."""
-    return f"{cache_root}/model={digest[:16]}"
+    return f"{cache_root}/{cache_folder(digest)}"
+
+
+def _segment(folder: str) -> Column:
+    """The cache file a row was read from, relative to the cache root: `<folder>/<file name>`."""
+    return F.concat(F.lit(folder + "/"), F.element_at(F.split(F.input_file_name(), "/"), -1))
 
 
 def read_cache(spark: SparkSession, uri: str) -> DataFrame | None:
-    """The cached (sha256, features) rows, one per content; None when nothing is cached yet."""
+    """The cached (sha256, features, segment) rows, one per content; None when nothing is cached yet."""
     if not hadoop_files.exists(spark, uri):
         return None
-    return spark.read.schema(CACHE_TYPE).parquet(uri).dropDuplicates(["sha256"])
+    folder = uri.rstrip("/").rsplit("/", 1)[-1]
+    rows = spark.read.schema(CACHE_TYPE).parquet(uri).withColumn("segment", _segment(folder))
+    return rows.dropDuplicates(["sha256"])
+
+
+def append_to_cache(spark: SparkSession, results: DataFrame, uri: str, computed: int) -> DataFrame:
+    """Append the features the model computed (`computed` images) to the cache at `uri`; (sha256,
+    segment) of what was added.
+
+    The new files are those the folder did not hold before the write; a run writing beside this one
+    only adds files whose contents were all computed again (either copy serves). With nothing
+    computed nothing is written (Spark would write an empty file).
+    """
+    if not computed:
+        return spark.createDataFrame([], "sha256 string, segment string")
+    before = hadoop_files.file_names(spark, uri)
+    new_cache_rows(results).write.mode("append").parquet(uri)
+    added = sorted(n for n in hadoop_files.file_names(spark, uri) - before if n.endswith(".parquet"))
+    if not added:
+        return spark.createDataFrame([], "sha256 string, segment string")
+    folder = uri.rstrip("/").rsplit("/", 1)[-1]
+    files = spark.read.schema(CACHE_TYPE).parquet(*[f"{uri.rstrip('/')}/{name}" for name in added])
+    return files.select("sha256", _segment(folder).alias("segment")).dropDuplicates(["sha256"])
+
+
+def features_index(results: DataFrame, added: DataFrame) -> DataFrame:
+    """INDEX_TYPE rows of the featurized results: where in the cache each image's features are."""
+    rows = results.where(F.col("reason").isNull()).select("path", "label", "sha256", "segment")
+    fresh = added.select("sha256", F.col("segment").alias("added_segment"))
+    joined = rows.join(F.broadcast(fresh), "sha256", "left")
+    return joined.select("path", "label", "sha256", F.coalesce("segment", "added_segment").alias("segment"))
 
 
 def split_by_cache(
@@ -357,6 +413,7 @@ def featurize_incremental(
         F.lit(None).cast("int").alias("worker"),
         "sha256",
         F.lit(True).alias("from_cache"),
+        "segment",
     )
     return computed.unionByName(cached)
 

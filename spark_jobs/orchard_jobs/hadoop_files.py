@@ -60,3 +60,11 @@ def exists(spark: SparkSession, uri: str) -> bool:
     """Whether a file or folder exists at `uri`."""
     path, fs = _path_and_fs(spark, uri)
     return bool(fs.exists(path))
+
+
+def file_names(spark: SparkSession, uri: str) -> set[str]:
+    """Names of the files directly below the folder `uri` (none when it does not exist)."""
+    path, fs = _path_and_fs(spark, uri)
+    if not fs.exists(path):
+        return set()
+    return {str(status.getPath().getName()) for status in fs.listStatus(path) if status.isFile()}

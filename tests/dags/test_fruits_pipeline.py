@@ -37,7 +37,8 @@ EMR_GRAPH = {
     "export_csv": ["upload_images", "wait_pca"],
     "terminate_cluster": ["create_cluster", "export_csv"],
     "report": ["create_cluster", "export_csv", "terminate_cluster", "upload_images"],
-    "check_outcome": ["report", "terminate_cluster"],
+    "retention": ["report", "stage_artifacts"],
+    "check_outcome": ["retention", "terminate_cluster"],
 }
 
 
@@ -80,6 +81,7 @@ def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports()
         "pca",
         "export_csv",
         "report",
+        "retention",
     }
     assert result["summary"] == "@daily"  # the documented default schedule
 
@@ -154,6 +156,7 @@ def test_task_graph(dag):
         "pca": ["featurize", "upload_images"],
         "export_csv": ["pca", "upload_images"],
         "report": ["export_csv", "upload_images"],
+        "retention": ["report"],
     }
 
 
@@ -175,7 +178,7 @@ def test_one_run_at_a_time_and_documented(dag):
 
 def test_every_param_is_a_documented_form_field(dag):
     assert set(dag.params) == {
-        "source", "pca_k", "pca_variance", "weights", "weights_fallback", "limit", "partitions"
+        "source", "pca_k", "pca_variance", "pca_mode", "weights", "weights_fallback", "limit", "partitions"
     }  # fmt: skip
     for name, param in dag.params.items():
         assert param.schema.get("title"), name
@@ -195,6 +198,7 @@ def test_every_param_is_a_documented_form_field(dag):
         {"limit": -3},
         {"weights": "resnet50"},
         {"weights_fallback": "maybe"},
+        {"pca_mode": "sometimes"},
     ],
 )
 def test_invalid_params_are_refused(dag, conf):

@@ -106,12 +106,15 @@ def test_local_path_reads_file_uris_literally():
         local_path("s3://bucket/x")
 
 
-def render(args: list[str], run: RunLayout, params: dict) -> list[str]:
-    """The arguments as a task renders them: the run's layout from the upload's XCom, the params."""
+def render(args: list[str], run: RunLayout, params: dict, basis: RunLayout | None = None) -> list[str]:
+    """The arguments as a task renders them: the run's layout from the upload's XCom, the published
+    basis from convert_model's, the params."""
     from jinja2 import Environment
 
     class TaskInstance:
-        def xcom_pull(self, task_ids: str, key: str) -> dict:
+        def xcom_pull(self, task_ids: str, key: str) -> dict | None:
+            if (task_ids, key) == (steps.MODEL_TASK, "basis"):
+                return None if basis is None else basis.to_xcom()
             assert (task_ids, key) == (steps.UPLOAD_TASK, "run")
             return run.to_xcom()
 
@@ -122,7 +125,7 @@ def render(args: list[str], run: RunLayout, params: dict) -> list[str]:
 
 def test_step_arguments_name_every_output():
     run = LakeLayout("file:///lake").run("sample", "r1", attempt=3)
-    params = {"partitions": None, "limit": 5, "pca_k": None, "pca_variance": 0.9}
+    params = {"partitions": None, "limit": 5, "pca_k": None, "pca_variance": 0.9, "pca_mode": "refit"}
     featurize = render(steps.dag_featurize_args(), run, params)
     pca = render(steps.dag_pca_args(), run, params)
     flags = dict(zip(featurize[::2], featurize[1::2], strict=True))
@@ -135,6 +138,16 @@ def test_step_arguments_name_every_output():
     assert pca_flags["--features"] == run.features
     assert pca_flags["--csv-parts"] == run.csv_parts
     assert (pca_flags["--k"], pca_flags["--variance"]) == ("0", "0.9")
+    assert (pca_flags["--cache"], pca_flags["--mode"]) == ("file:///lake/cache/features", "refit")
+    assert pca_flags["--basis"] == pca_flags["--basis-summary"] == ""  # nothing published yet
+    # A published basis (an attempt of another run, written on the S3 URI) is read on this run's lake URI.
+    published = LakeLayout("s3://bucket/lake").run("sample", "r0", attempt=2)
+    on_s3 = LakeLayout("s3a://bucket/lake").run("sample", "r1")
+    pca = render(steps.dag_pca_args(), on_s3, {**params, "pca_mode": "reuse"}, basis=published)
+    pca_flags = dict(zip(pca[::2], pca[1::2], strict=True))
+    assert pca_flags["--basis"] == "s3a://bucket/lake/runs/r0/attempt-2/pca_model"
+    assert pca_flags["--basis-summary"] == "s3a://bucket/lake/runs/r0/attempt-2/pca.json"
+    assert pca_flags["--mode"] == "reuse"
     assert steps.spark_conf()["spark.sql.execution.arrow.maxRecordsPerBatch"] == str(steps.ARROW_BATCH)
 
 

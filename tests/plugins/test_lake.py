@@ -12,58 +12,13 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
-from orchard.clients import s3_access
-from orchard.storage.lake import LAKE_FORMAT, Lake
+from orchard.storage.lake import LAKE_FORMAT
 from orchard.tasks.watch import detect_change, source_fingerprint
-
-REGION = "eu-west-1"
-BUCKET = "orchard-lake"
-SSE_S3 = {"ServerSideEncryption": "AES256"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(params=["local", "s3", "seaweedfs"])
-def lake(request, tmp_path, monkeypatch) -> Iterator[tuple[Lake, str]]:
-    """(the lake, its root URI): a folder, a fresh bucket on moto's server, or one on SeaweedFS."""
-    if request.param == "local":
-        yield Lake.local(), f"file://{tmp_path}/lake"
-        return
-    if request.param == "seaweedfs":
-        from tests.s3_store import empty_bucket
-
-        store = request.getfixturevalue("seaweedfs_store")
-        # boto3's default session keeps the first credentials it resolved (moto's, in this module).
-        monkeypatch.setattr("boto3.DEFAULT_SESSION", None)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", store.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", store.secret_key)
-        client, fs = s3_access(REGION, SSE_S3, endpoint_url=store.endpoint)
-        empty_bucket(client, BUCKET)
-        yield Lake(fs, client, SSE_S3), f"s3://{BUCKET}/lake"
-        return
-    import requests
-
-    endpoint = request.getfixturevalue("s3_endpoint")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAORCHARDLAKETEST1")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "lake-test-secret-not-real")
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
-    client, fs = s3_access(REGION, SSE_S3, endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    yield Lake(fs, client, SSE_S3), f"s3://{BUCKET}/lake"
+from tests.plugins.conftest import BUCKET
 
 
 def test_files_are_written_whole_and_read_back(lake):
@@ -212,8 +167,11 @@ def test_the_lake_records_its_layout_version_and_refuses_another(lake):
     store.write_json(f"{root}/latest.json", {"run_id": "r1"})  # a lake of today's layout, no version yet
     assert store.check_format(root) == LAKE_FORMAT == store.read_json(f"{root}/lake.json")["format"]
     assert store.check_format(root) == LAKE_FORMAT  # read back, not rewritten
+    store.write_json(f"{root}/lake.json", {"format": 1})  # runs whose features hold the vectors
+    assert store.check_format(root) == LAKE_FORMAT
+    assert store.read_json(f"{root}/lake.json") == {"format": LAKE_FORMAT, "upgraded_from": 1}
     store.write_json(f"{root}/lake.json", {"format": LAKE_FORMAT + 1})
-    with pytest.raises(ValueError, match=r"layout version 2, written by a newer Orchard.*new ORCHARD_LAKE"):
+    with pytest.raises(ValueError, match=r"layout version 3, written by a newer Orchard.*new ORCHARD_LAKE"):
         store.check_format(root)
     store.write_json(f"{root}/lake.json", {"kind": "something else"})
     with pytest.raises(ValueError, match="is not a lake format record"):

@@ -13,6 +13,7 @@ import pytest
 
 from orchard.samples import generate
 from tests.conftest import ROOT
+from tests.features_table import read_features
 from tests.models import model_document
 
 pytestmark = pytest.mark.spark
@@ -42,7 +43,8 @@ def run_step(
     step = featurize_step()
     summary = step.run(spark, step.parse_args(step_argv(images, out, weights, cache)))
     assert json.loads((out / "featurize.json").read_text()) == summary
-    return summary, pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
+    table = read_features(out / "features", cache)
+    return summary, table.sort_values("path").reset_index(drop=True)
 
 
 @pytest.mark.backs("a folder that gained 100 images (and a renamed file)", "a third run on the same inputs")
@@ -74,8 +76,13 @@ def test_a_folder_that_gained_images_featurizes_only_the_new_ones(spark, tmp_pat
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     assert list(second_features.label) == list(fresh.label)
 
-    # The same inputs again: nothing to compute, the same outputs.
+    # The same inputs again: nothing to compute, the same outputs, and nothing added to the cache:
+    # the run's features output is an index into it (path, label, sha256, segment), no vectors.
+    cached_before = sorted(p.relative_to(cache) for p in cache.rglob("*.parquet"))
     third, third_features = run_step(spark, images, tmp_path / "run3", cache)
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*.parquet")) == cached_before
+    index = pd.read_parquet(tmp_path / "run3" / "features")
+    assert list(index.columns) == ["path", "label", "sha256", "segment"] and len(index) == 130
     assert third["counts"]["from_cache"] == 130
     assert third["counts"]["model_builds"] == 0
     pd.testing.assert_frame_equal(third_features, second_features)

@@ -131,7 +131,7 @@ def test_many_partitions_merge_on_the_executors_as_one_block(spark, matrix, tmp_
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", "1")  # one file per partition
     try:
-        assert pca_ops.feature_files(spark, uri).rdd.getNumPartitions() == 20 > pca_ops.MERGE_FANIN
+        assert pca_ops.feature_files(spark, uri).files.rdd.getNumPartitions() == 20 > pca_ops.MERGE_FANIN
         got = pca_ops.moments(spark, uri)
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)

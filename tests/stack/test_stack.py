@@ -27,6 +27,7 @@ import requests
 from orchard.dev.ui import Airflow, free_port, wait_for
 from orchard.samples import generate
 from tests.conftest import ROOT
+from tests.features_table import read_features
 from tests.imagefactory import truncated_jpeg
 from tests.stack.images import ci_overrides, compose_env, docker_engine, stack_images
 
@@ -248,7 +249,7 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
     quarantine = _parquet(host_path(lake, outputs["quarantine"]))
     assert sorted(quarantine.path.str.split("/images/").str[-1]) == sorted(BAD_FILES)
     assert quarantine.reason.str.len().gt(0).all()
-    features = _parquet(host_path(lake, outputs["features"]))
+    features = read_features(host_path(lake, outputs["features"]), lake / "cache" / "features")
     assert len(features) == good and all(len(v) == 1280 for v in features.features)
     rows = list(csv.reader(io.StringIO(host_path(lake, outputs["csv"]).read_text())))
     assert rows[0] == ["path", "label", "pc_1", "pc_2", "pc_3"]

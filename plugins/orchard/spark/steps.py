@@ -19,6 +19,7 @@ from orchard.spark import home
 # One Arrow batch is one inference batch; 64 images keep a worker's memory near 1 GB.
 ARROW_BATCH = 64
 UPLOAD_TASK = "upload_images"
+MODEL_TASK = "convert_model"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def featurize_args(run: StepPaths, *, partitions: object = 0, limit: object = 0)
     ]  # fmt: skip
 
 
-def pca_args(run: StepPaths, *, k: object = 0, variance: object = 0.9) -> list[str]:
+def pca_args(run: StepPaths, *, k: object = 0, variance: object = 0.9, mode: object = "refit",
+             basis: object = "", basis_summary: object = "") -> list[str]:  # fmt: skip
     """Command-line arguments of spark_jobs/pca.py."""
     return [
         "--features", run.features,
@@ -74,12 +76,33 @@ def pca_args(run: StepPaths, *, k: object = 0, variance: object = 0.9) -> list[s
         "--csv-parts", run.csv_parts,
         "--k", str(k),
         "--variance", str(variance),
+        "--mode", str(mode),
+        "--basis", str(basis),
+        "--basis-summary", str(basis_summary),
+        *(["--cache", run.cache] if run.cache else []),
     ]  # fmt: skip
 
 
 def run_layout(ti: Any) -> RunLayout:
     """The RunLayout of the attempt the upload task of this run started (a template macro)."""
     return RunLayout.from_xcom(ti.xcom_pull(task_ids=UPLOAD_TASK, key="run"))
+
+
+def basis_layout(ti: Any) -> RunLayout | None:
+    """The attempt whose PCA model is published (latest), if this run may use it (a template macro).
+
+    `convert_model` decides (`runs.published_basis`); the layout is rebuilt on this run's lake URI,
+    the one the Spark steps address (s3a:// for a local Spark on S3).
+    """
+    basis = ti.xcom_pull(task_ids=MODEL_TASK, key="basis")
+    if not basis:
+        return None
+    published = RunLayout.from_xcom(basis)
+    return RunLayout(run_layout(ti).lake, published.dataset, published.run_id, published.attempt)
+
+
+def _basis(name: str) -> str:
+    return f"{{{{ basis_layout(ti).{name} if basis_layout(ti) else '' }}}}"
 
 
 def dag_featurize_args() -> list[str]:
@@ -91,10 +114,17 @@ def dag_featurize_args() -> list[str]:
 
 def dag_pca_args() -> list[str]:
     """pca_args as the DAG passes them: the attempt's paths and the run's params, as templates."""
-    return pca_args(StepPaths.templates(), k="{{ params.pca_k or 0 }}", variance="{{ params.pca_variance }}")
+    return pca_args(
+        StepPaths.templates(),
+        k="{{ params.pca_k or 0 }}",
+        variance="{{ params.pca_variance }}",
+        mode="{{ params.pca_mode }}",
+        basis=_basis("model"),
+        basis_summary=_basis("pca_summary"),
+    )
 
 
-MACROS = {"run_layout": run_layout}
+MACROS = {"run_layout": run_layout, "basis_layout": basis_layout}
 
 
 def spark_conf() -> dict[str, str]:

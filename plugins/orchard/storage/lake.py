@@ -13,6 +13,7 @@ locally; one PUT on S3), and every S3 write is encrypted (SSE-S3, or SSE-KMS wit
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import shutil
@@ -37,9 +38,24 @@ if TYPE_CHECKING:
 
     from orchard.config import Settings
 
+
+@dataclass(frozen=True)
+class Entry:
+    """A file of the lake: its URI, size in bytes and last modification (UTC)."""
+
+    uri: str
+    size: int
+    modified: dt.datetime
+
+
 # The version of the lake's layout (orchard.layout), recorded in LakeLayout.format_file.
-# A lake written before the version was recorded has today's layout: version 1.
-LAKE_FORMAT = 1
+# 1: a run's `features` held the vectors. 2: a run's `features` is an index into the features
+# cache (the vectors are stored once). Version 1 lakes are read as they are: their runs keep
+# vectors, readers tell the two apart by the columns (the index has `segment`), and the record
+# is moved to 2. A lake written before any version was recorded is version 1.
+LAKE_FORMAT = 2
+# Versions this code upgrades in place (nothing to rewrite).
+READABLE_FORMATS = (1,)
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,29 @@ class Lake:
         files = sorted(p[len(root) + 1 :] for p in found if p.startswith(root + "/") and not p.endswith("/"))
         return [f"{base}/{rel}" for rel in files]
 
+    def list_entries(self, prefix_uri: str) -> list[Entry]:
+        """Every file below a folder with its size and modification time, in name order."""
+        root = self._path(prefix_uri).rstrip("/")
+        base = prefix_uri.rstrip("/")
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return []
+        entries = []
+        for path, info in sorted(found.items()):
+            if not path.startswith(root + "/") or path.endswith("/") or info.get("type") == "directory":
+                continue
+            # s3fs gives LastModified (a datetime), the local file system mtime (seconds).
+            stamp = info.get("LastModified") or dt.datetime.fromtimestamp(info["mtime"], dt.UTC)
+            entries.append(Entry(f"{base}/{path[len(root) + 1 :]}", int(info.get("size") or 0), stamp))
+        return entries
+
+    def delete_folder(self, uri: str) -> None:
+        """Remove a folder and everything below it (batched on S3: up to 1,000 keys per request)."""
+        path = self._path(uri).rstrip("/")
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
     def read_parquet(self, uri: str) -> pd.DataFrame:
         """A Parquet folder (Spark's output; its `_SUCCESS` and `.crc` files skipped) as pandas."""
         # Deferred: pandas takes ~0.45 s to import, for the report alone, not each time a DAG is parsed.
@@ -167,17 +206,22 @@ class Lake:
     def check_format(self, lake_uri: str) -> int:
         """The lake's layout version, recorded when absent; a clear error for a lake this code cannot read.
 
-        A lake written before versions were recorded has version 1 (today's layout). A newer
-        version means a newer Orchard wrote it: refused rather than guessed at.
+        A lake written before versions were recorded has version 1; a version this code upgrades
+        in place (READABLE_FORMATS) is recorded as today's. A newer version means a newer Orchard
+        wrote it: refused rather than guessed at.
         """
         uri = LakeLayout(lake_uri).format_file
         try:
             found = int(self.read_json(uri)["format"])
         except FileNotFoundError:
-            self.write_json(uri, {"format": LAKE_FORMAT})
-            return LAKE_FORMAT
+            found = 1 if self.exists(LakeLayout(lake_uri).runs) else LAKE_FORMAT
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{uri} is not a lake format record ({exc!r}): restore it or remove it") from exc
+        if found in READABLE_FORMATS or not self.exists(uri):
+            self.write_json(
+                uri, {"format": LAKE_FORMAT, **({"upgraded_from": found} if found != LAKE_FORMAT else {})}
+            )
+            return LAKE_FORMAT
         if found != LAKE_FORMAT:
             newer = "a newer" if found > LAKE_FORMAT else "an older"
             raise ValueError(

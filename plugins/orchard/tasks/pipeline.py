@@ -6,12 +6,14 @@ params and what earlier tasks returned, and returns what later tasks need (plain
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from orchard import clients, model_cache, runs
+from orchard import retention as retention_policy
 from orchard.aws import emr, preflight, staging
 from orchard.config import Settings
 from orchard.layout import LakeLayout, RunLayout
@@ -50,11 +52,14 @@ def upload_images(settings: Settings, params: Mapping[str, Any], run_id: str) ->
 
 
 def convert_model(settings: Settings, params: Mapping[str, Any], run: RunLayout) -> dict[str, Any]:
-    """The ONNX model of the run's weights (converted now, or taken from the lake)."""
+    """The ONNX model of the run's weights (converted now, or taken from the lake), and the
+    published PCA basis the run may use (`basis`: an attempt's layout, or None)."""
     lake = airflow_lake(settings)
     model = model_cache.prepare_model(lake, run.models, params["weights"], params["weights_fallback"])
     lake.write_json(run.inference_model, model)
-    return model
+    # The PCA basis this run may align to or reuse: it must come from features of this same model.
+    basis = runs.published_basis(lake, settings.lake, model["sha256"], params["pca_mode"])
+    return {**model, "basis": None if basis is None else basis.to_xcom()}
 
 
 def export_csv(settings: Settings, run: RunLayout, sync: Mapping[str, Any]) -> str:
@@ -138,6 +143,15 @@ def stage_artifacts(
 def unfinished_tasks(states: Mapping[str, str | None], own_task_id: str) -> dict[str, str | None]:
     """The run's tasks, other than `own_task_id`, that did not succeed (the run's verdict)."""
     return {t: s for t, s in sorted(states.items()) if t != own_task_id and s != "success"}
+
+
+def retention(settings: Settings, staged: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Remove the run outputs (and on EMR old logs and artifacts) that retention lets go."""
+    kept = [json.dumps(staged)] if staged else []  # what this run staged stays
+    report = retention_policy.apply(
+        airflow_lake(settings), settings.lake, settings.retain_attempts, settings.retain_days, staged=kept
+    )
+    return report.as_dict()
 
 
 def check_outcome(states: Mapping[str, str | None], own_task_id: str) -> None:
