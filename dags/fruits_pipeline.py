@@ -9,8 +9,8 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
   `terminate_cluster` (teardown: it runs whatever happened before it) → `report` (with what the
   cluster ran, for how long, and an estimate of its cost when ORCHARD_EMR_PRICE_PER_HOUR is set);
-  → `retention`; then `check_outcome` (teardown too), the run's verdict: it fails the run unless every other task
-  succeeded, so a failed step, or a run marked failed while it waits for a step, ends failed
+  → `retention`; then `check_outcome` (teardown too), the run's verdict: it fails the run unless
+  every other task succeeded, so a failed step, or a run marked failed while it waits for a step, ends failed
 
 1. **upload_images** checks the `source` folder (missing or empty: the run stops here, before any
    upload or cluster) and syncs it into the lake (`$ORCHARD_LAKE/images/<dataset>`), skipping files
@@ -183,7 +183,7 @@ def report(run: dict[str, Any], cluster_id: str | None = None) -> str:
     return pipeline.report(settings, RunLayout.from_xcom(run), cluster_id)
 
 
-@task
+@task(multiple_outputs=False)
 def retention(staged: dict[str, Any] | None = None) -> dict[str, Any]:
     """Remove old attempts (ORCHARD_RETAIN_*), never latest's or an erasure record; on EMR old logs too."""
     return pipeline.retention(settings, staged)

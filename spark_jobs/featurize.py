@@ -23,7 +23,7 @@ import time
 from typing import Any, cast
 
 from pyspark import StorageLevel
-from pyspark.sql import Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 
 from orchard_jobs import engine, features, hadoop_files, session
 from orchard_jobs.progress import StageProgress
@@ -59,6 +59,26 @@ def main(argv: list[str]) -> None:
     spark = SparkSession.builder.appName("orchard-featurize").getOrCreate()
     run(spark, args, session_seconds=time.time() - started)
     session.stop(spark)
+
+
+def write_features(
+    spark: SparkSession, uri: str, outcomes: DataFrame, results: DataFrame, counts: dict, cache_at: str | None
+) -> None:
+    """The features output: with a cache, the new features appended to it and the run's index into
+    it (each content's features stored once); without, the features themselves."""
+    if not cache_at:
+        features.featurized(outcomes).write.mode("overwrite").parquet(uri)
+        return
+    computed = counts["featurized"] - counts["from_cache"]
+    added = features.append_to_cache(spark, results, cache_at, computed)
+    features.features_index(outcomes, added).write.mode("overwrite").parquet(uri)
+    index = spark.read.parquet(uri)
+    indexed, unplaced = index.count(), index.where("segment IS NULL").count()
+    if indexed != counts["featurized"] or unplaced:
+        raise RuntimeError(
+            f"accounting failed: {counts['featurized']} featurized images, {indexed} in the index, "
+            f"{unplaced} of them without a row in {cache_at}"
+        )
 
 
 def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | None = None) -> dict:
@@ -110,20 +130,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     # which later runs share.
     if counts["inputs"] != listed or counts["featurized"] + counts["quarantined"] != listed:
         raise RuntimeError(f"accounting failed: {listed} listed inputs, outcomes {counts}")
-    if cache_at:
-        # The features are stored once, in the cache; the run's own output is an index into it.
-        computed = counts["featurized"] - counts["from_cache"]
-        added = features.append_to_cache(spark, results, cache_at, computed)
-        features.features_index(outcomes, added).write.mode("overwrite").parquet(args.features)
-        index = spark.read.parquet(args.features)
-        indexed, unplaced = index.count(), index.where("segment IS NULL").count()
-        if indexed != counts["featurized"] or unplaced:
-            raise RuntimeError(
-                f"accounting failed: {counts['featurized']} featurized images, {indexed} in the index, "
-                f"{unplaced} of them without a row in {cache_at}"
-            )
-    else:
-        features.featurized(outcomes).write.mode("overwrite").parquet(args.features)
+    write_features(spark, args.features, outcomes, results, counts, cache_at)
     results.unpersist()
     phases["write"] = time.time() - job_started - phases["featurize"]
 

@@ -139,7 +139,7 @@ def test_step_arguments_name_every_output():
     assert pca_flags["--csv-parts"] == run.csv_parts
     assert (pca_flags["--k"], pca_flags["--variance"]) == ("0", "0.9")
     assert (pca_flags["--cache"], pca_flags["--mode"]) == ("file:///lake/cache/features", "refit")
-    assert pca_flags["--basis"] == pca_flags["--basis-summary"] == ""  # nothing published yet
+    assert not pca_flags["--basis"] and not pca_flags["--basis-summary"]  # nothing published yet
     # A published basis (an attempt of another run, written on the S3 URI) is read on this run's lake URI.
     published = LakeLayout("s3://bucket/lake").run("sample", "r0", attempt=2)
     on_s3 = LakeLayout("s3a://bucket/lake").run("sample", "r1")
