@@ -19,6 +19,8 @@ R5  engine images/s × 0.6 GFLOP ÷ measured float32 matmul GFLOP/s; R5b the eng
 R6  Spark PCA fit ÷ numpy covariance+eigh on the same matrix (and whether they agree)
 R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
 R8  throughput and peak memory at growing image counts; R8b peak memory with G1 ÷ the serial collector
+R12 the lake's growth for an unchanged re-run ÷ the lake after the first run (every prefix counted;
+    also without the ONNX model, a fixed ~9 MB that small lakes are mostly made of)
 R11 re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
     modification time), the cost of one rule on every backend
 
@@ -636,8 +638,22 @@ def pca_agreement(features_dir: Path, k: int, reps: int) -> dict:
     }
 
 
-def dag_run(settings: Settings, images: Path, work: Path) -> dict:
-    """R3, R7: one `airflow dags test` of fruits_pipeline, from a fresh metadata DB and lake."""
+def lake_bytes(lake: Path) -> dict[str, int]:
+    """Bytes below each of the lake's prefixes (`images`, `cache/features`, `cache/models`, `runs`, ...)."""
+    sizes: dict[str, int] = {}
+    for path in lake.rglob("*"):
+        if path.is_file():
+            parts = path.relative_to(lake).parts
+            prefix = "/".join(parts[:2]) if parts[0] == "cache" else parts[0]
+            sizes[prefix] = sizes.get(prefix, 0) + path.stat().st_size
+    return sizes
+
+
+def dag_run(settings: Settings, images: Path, work: Path, rerun: bool = False) -> dict:
+    """R3, R7: one `airflow dags test` of fruits_pipeline, from a fresh metadata DB and lake.
+
+    `rerun`: R12, the same run again on the unchanged images, and what it added to the lake.
+    """
     home, lake = work / "airflow", work / "lake"
     env = {
         **os.environ,
@@ -664,13 +680,28 @@ def dag_run(settings: Settings, images: Path, work: Path) -> dict:
         durations = dict(db.execute("select task_id, duration from task_instance").fetchall())
     manifest_ref = json.loads((lake / "latest.json").read_text())["manifest"]
     manifest = json.loads(Path(manifest_ref.removeprefix("file://")).read_text(encoding="utf-8"))
-    return {
+    figures = {
         "wall_s": wall,
         "task_seconds": {k: round(v, 2) for k, v in durations.items() if v is not None},
         "spark_steps_s": durations["featurize"] + durations["pca"],
         "images": manifest["counts"]["featurized"],
         "executed": executed,
     }
+    if rerun:
+        before = lake_bytes(lake)
+        again = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if again.returncode != 0:
+            raise RuntimeError(f"airflow dags test (re-run) failed:\n{(again.stdout + again.stderr)[-4000:]}")
+        after = lake_bytes(lake)
+        latest = json.loads((lake / "latest.json").read_text())["manifest"]
+        rerun_manifest = json.loads(Path(latest.removeprefix("file://")).read_text(encoding="utf-8"))
+        figures["growth"] = {
+            "first_bytes": before,
+            "added_bytes": {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*before, *after})},
+            "k": rerun_manifest["pca"]["k"],
+            "featurized_now": rerun_manifest["counts"]["featurized_now"],
+        }
+    return figures
 
 
 def scaling(
@@ -875,6 +906,7 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{gc['raw_wall_s']['g1']} s; "
             f"{_pairs(r8b)}",
         ),
+        _growth_line(results["dag"][0]["growth"]),
         (
             "R11: unchanged re-upload, content rule ÷ rsync's",
             f"{median(r11):.2f}",
@@ -883,6 +915,22 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{median(r['raw_seconds']['rsync']):.2f} s, medians of {len(r11)}; {_pairs(r11)}",
         ),
     ]
+
+
+def _growth_line(growth: dict) -> tuple[str, str, str]:
+    """R12: what an unchanged re-run adds to the lake, against the lake after the first run."""
+    first, added = growth["first_bytes"], growth["added_bytes"]
+    total, grown = sum(first.values()), sum(added.values())
+    no_model = total - first.get("cache/models", 0)
+    parts = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(first.items()))
+    growth_parts = ", ".join(f"{k} {v / 1e6:+.2f} MB" for k, v in added.items() if v)
+    return (
+        "R12: unchanged re-run's lake growth ÷ first run's lake",
+        f"{grown / total:.3f}",
+        f"first run {total / 1e6:.2f} MB ({parts}); the re-run added {grown / 1e6:.2f} MB ({growth_parts}; "
+        f"k={growth['k']}, {growth['featurized_now']} images featurized again); without the ONNX model "
+        f"{grown / no_model:.3f}",
+    )
 
 
 def _rsync_copy(src: Path, dest: Path, size: int, digest: str) -> str:
@@ -1049,7 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
         results["matmul_gflops"] = matmul_gflops()
         results["steady"] = steady_state(settings, images, paths, args.reps, model_doc)
         results["cold"] = cold_start(settings, images, work, args.cold_reps, model_doc)
-        results["dag"] = [dag_run(settings, images, work / f"dag-{rep}") for rep in range(args.run_reps)]
+        results["dag"] = [
+            dag_run(settings, images, work / f"dag-{rep}", rerun=rep == 0) for rep in range(args.run_reps)
+        ]
         results["scaling"] = scaling(
             settings, work, sizes, work, model_doc, reps=args.run_reps, largest_reps=args.run_reps
         )

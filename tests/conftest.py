@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -234,3 +237,42 @@ def pytest_runtest_makereport(item, call):
         if fails_in_ci(reason):
             report.outcome = "failed"
             report.longrepr = f"skipped under CI=true, where it must run: {reason}"
+
+
+class Inbox:
+    """aiosmtpd's handler: every message the server accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], Message]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(
+            (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content))
+        )
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server():
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    with socket.socket() as probe:  # a free port (the controller checks its port by connecting to it)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, inbox
+    finally:
+        controller.stop()
+
+
+def mail_body(message: Message) -> str:
+    """The text of a received e-mail (its HTML or plain parts)."""
+    parts = message.walk() if message.is_multipart() else [message]
+    return "".join(
+        p.get_payload(decode=True).decode()
+        for p in parts
+        if p.get_content_type() in {"text/html", "text/plain"}
+    )

@@ -10,16 +10,22 @@ cluster alive with no steps), and this test would fail.
 The run must also end failed. Airflow keeps a run marked failed open while a teardown is to run,
 then gives it the state of its last tasks, which the cancel skipped: before the DAG's
 `check_outcome` teardown, this very run ended *success*.
+
+And someone is told: the DAG's failure callback runs where Airflow runs it in production (the
+dag-processor, which reads the task states and the cluster id through the API server) and sends one
+e-mail to a real SMTP server on loopback, naming the run, its failed tasks and the terminated cluster.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from orchard.dev.ui import Airflow, airflow_services, wait_for
 from orchard.samples import generate
+from tests.conftest import mail_body
 from tests.emr_moto import SECRETS, clusters
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +50,54 @@ def task_log_tails(airflow: Airflow, run_id: str, task_ids, chars: int = 3000) -
     return "\n".join(parts)
 
 
+def notify_by_mail(port: int) -> dict[str, str]:
+    """The settings and SMTP connection that send the failure e-mail to the server on loopback."""
+    smtp = {"conn_type": "smtp", "host": "127.0.0.1", "port": port}
+    smtp["extra"] = json.dumps({"disable_ssl": True, "disable_tls": True})
+    return {
+        "ORCHARD_NOTIFY_EMAIL": "oncall@example.org",
+        "ORCHARD_NOTIFY_FROM": "orchard@example.org",
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
+    }
+
+
+def cancelled_cleanly(after: dict[str, str | None], run_state: str, cluster_state: str) -> None:
+    """The teardown terminated the cluster, the verdict failed the run, nothing after the cancel ran."""
+    assert after["terminate_cluster"] == "success", after
+    assert cluster_state == "TERMINATED"
+    assert run_state == "failed"
+    # The cancel failed the deferred sensor and skipped everything after it but the teardowns; the
+    # verdict failed the run.
+    assert after["wait_featurize"] == "failed", after
+    assert after["check_outcome"] == "failed", after
+    for task_id in ("add_pca_step", "wait_pca", "export_csv", "report"):
+        assert after[task_id] == "skipped", after
+    for task_id in ("check_aws", "stage_artifacts", "upload_images", "convert_model", "create_cluster",
+                    "add_featurize_step"):  # fmt: skip
+        assert after[task_id] == "success", after
+
+
+def one_failure_mail(inbox, run_id: str, cluster_id: str) -> None:
+    """One e-mail, naming the run, its failed tasks and the cluster the teardown terminated."""
+    (_, recipients, message), *others = inbox.messages
+    assert not others and recipients == ["oncall@example.org"]
+    assert message["Subject"] == f"Orchard: {DAG_ID} run {run_id} failed"
+    body = mail_body(message)
+    assert "Failed tasks: check_outcome, wait_featurize" in body, body
+    assert f"EMR cluster {cluster_id} was terminated by terminate_cluster." in body, body
+
+
 @pytest.mark.backs("a cancelled run (marked failed in the UI) while `wait_featurize` is deferred")
-def test_marking_the_run_failed_while_the_step_waits_still_terminates_the_cluster(moto_server, tmp_path):
+def test_marking_the_run_failed_while_the_step_waits_still_terminates_the_cluster(
+    moto_server, smtp_server, tmp_path
+):
     started = time.monotonic()
+    smtp_port, inbox = smtp_server
     source = tmp_path / "images"
     generate(source, per_class=2, seed=1)
     # moto_server put the emr target's settings and the aws_default connection (its endpoint) in
     # this process's environment; the services inherit them.
-    env = {"ORCHARD_SCHEDULE": "none"}  # the only run is the one the test triggers
+    env = {"ORCHARD_SCHEDULE": "none", **notify_by_mail(smtp_port)}  # the only run is the test's
     with airflow_services(tmp_path / "airflow", env, start_timeout=120) as airflow:
 
         def parsed():
@@ -115,19 +161,11 @@ def test_marking_the_run_failed_while_the_step_waits_still_terminates_the_cluste
                 + airflow.log_tails()
             ) from None
         cancelled_in = time.monotonic() - deferred_at
+        # The dag-processor runs the failure callback after the run has ended.
+        wait_for("the failure e-mail", lambda: inbox.messages or None, timeout=120, every=2)
 
-    assert after["terminate_cluster"] == "success", after
-    assert cluster.state == "TERMINATED"
-    assert run_state == "failed"
-    # The cancel failed the deferred sensor and skipped everything after it but the teardowns; the
-    # verdict failed the run.
-    assert after["wait_featurize"] == "failed", after
-    assert after["check_outcome"] == "failed", after
-    for task_id in ("add_pca_step", "wait_pca", "export_csv", "report"):
-        assert after[task_id] == "skipped", after
-    for task_id in ("check_aws", "stage_artifacts", "upload_images", "convert_model", "create_cluster",
-                    "add_featurize_step"):  # fmt: skip
-        assert after[task_id] == "success", after
+    cancelled_cleanly(after, run_state, cluster.state)
+    one_failure_mail(inbox, run_id, cluster.id)
     # No credential in any log of the services or the tasks (the triggerer's included).
     logs = list((tmp_path / "airflow").rglob("*.log"))
     assert any("task_id=wait_featurize" in str(log) for log in logs), logs

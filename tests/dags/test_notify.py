@@ -5,9 +5,7 @@ Slack webhook), and the message names the run, its failed tasks and the cluster'
 from __future__ import annotations
 
 import json
-import socket
 import threading
-from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,36 +13,7 @@ import pytest
 
 from orchard.config import Settings
 from orchard.tasks.notify import RunFailure, RunFailureNotice, failure_callbacks
-from tests.conftest import ROOT
-
-
-class _Inbox:
-    """aiosmtpd's handler: every message the server accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], Message]] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content))
-        )
-        return "250 Message accepted for delivery"
-
-
-@pytest.fixture
-def smtp_server():
-    from aiosmtpd.controller import Controller
-
-    inbox = _Inbox()
-    with socket.socket() as probe:  # a free port (the controller checks its port by connecting to it)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port, inbox
-    finally:
-        controller.stop()
+from tests.conftest import ROOT, mail_body
 
 
 @pytest.fixture
@@ -113,7 +82,7 @@ def test_a_failed_run_sends_one_message_to_each_channel(
     assert sender == "orchard@example.org"
     assert sorted(recipients) == ["data-team@example.org", "oncall@example.org"]
     assert message["Subject"] == f"Orchard: fruits_pipeline run {run.run_id} failed"
-    body = _body(message)
+    body = mail_body(message)
     assert run.run_id in body
     assert "Failed tasks: upload_images" in body
     assert "convert_model" in body and "featurize" in body  # did not run

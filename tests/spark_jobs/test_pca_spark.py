@@ -239,3 +239,95 @@ def test_tied_eigenvalues_give_scikit_learns_subspace(spark, tmp_path):
         got, expected = fitted.components[:, pair], reference.components_[pair].T
         assert np.degrees(subspace_angles(got, expected)).max() < 0.01
         assert np.degrees(subspace_angles(got, directions[:, pair])).max() < 0.01
+
+
+def test_an_index_into_the_cache_reads_as_the_features_it_names(spark, matrix, features_uri, tmp_path):
+    """A run's index (path, label, sha256, segment) into cache files gives the fit and the scores of
+    the features it names: a content listed under two paths counts twice, a content stored twice or
+    in a file the index does not name counts once, a cached content no image uses not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = tmp_path / "cache"
+    (cache / "model=abc").mkdir(parents=True)
+    shas = [f"{i:064x}" for i in range(N)]
+    vector = pa.list_(pa.float32())
+
+    def segment(name: str, rows: list[int], extra: int = 0) -> None:
+        table = pa.table(
+            {
+                "sha256": [shas[i] for i in rows] + [f"{9999 + j:064x}" for j in range(extra)],
+                "features": pa.array(
+                    [matrix[i].tolist() for i in rows] + [matrix[0].tolist()] * extra, vector
+                ),
+            }
+        )
+        pq.write_table(table, cache / "model=abc" / name)
+
+    half = N // 2
+    segment("part-a.parquet", [*range(half), 3], extra=2)  # a duplicated row, two rows no image uses
+    segment("part-b.parquet", list(range(half, N)))
+    segment("part-c.parquet", list(range(N)))  # the same contents again, in a file the index never names
+    index = [
+        (
+            f"class {i % 3}/img_{i:03d}.jpg",
+            f"class {i % 3}",
+            shas[i],
+            f"model=abc/part-{'a' if i < half else 'b'}.parquet",
+        )
+        for i in range(N)
+    ]
+    index.append(("copies/img_007.jpg", "copies", shas[7], "model=abc/part-a.parquet"))  # same content
+    index_uri = f"file://{tmp_path}/index"
+    spark.createDataFrame(index, "path string, label string, sha256 string, segment string").write.parquet(
+        index_uri
+    )
+    source = pca_ops.Features(index_uri, f"file://{cache}")
+
+    plain = [(p, lab, matrix[int(p[-7:-4])].tolist()) for p, lab, _, _ in index]
+    plain_uri = write_features(spark, plain, tmp_path / "plain", 2)
+    got, expected = pca_ops.fit(spark, source), pca_ops.fit(spark, plain_uri)
+    assert got.n == expected.n == N + 1
+    np.testing.assert_allclose(got.mean, expected.mean, rtol=1e-9)
+    np.testing.assert_allclose(got.variances[:6], expected.variances[:6], rtol=1e-7)
+    scores = {r.path: r.pca for r in pca_ops.scores(spark, source, got, 4).collect()}
+    reference = {r.path: r.pca for r in pca_ops.scores(spark, plain_uri, got, 4).collect()}
+    assert scores.keys() == reference.keys() and len(scores) == N + 1
+    assert all(scores[p] == reference[p] for p in scores)  # projected alone: the very same numbers
+    assert scores["copies/img_007.jpg"] == scores["class 1/img_007.jpg"]
+
+    # An index naming a content the cache no longer holds (erased) is refused, not fitted short.
+    erased = f"file://{tmp_path}/index-erased"
+    missing = [*index, ("Kiwi/gone.jpg", "Kiwi", "f" * 64, "model=abc/part-b.parquet")]
+    spark.createDataFrame(missing, "path string, label string, sha256 string, segment string").write.parquet(
+        erased
+    )
+    with pytest.raises(ValueError, match=r"lists 82 images, the cache holds features for 81"):
+        pca_ops.fit(spark, pca_ops.Features(erased, f"file://{cache}"))
+
+
+def test_signs_align_to_the_previous_basis_and_a_basis_reloads(spark, fitted, tmp_path):
+    signs = np.array([-1, 1, -1] + [1] * (D - 3))
+    flipped = pca_ops.FittedPca(fitted.n, fitted.mean, fitted.components * signs, fitted.variances)
+    aligned = pca_ops.align_signs(flipped, fitted)
+    np.testing.assert_array_equal(aligned.components, fitted.components)
+
+    uri = f"file://{tmp_path}/model"
+    pca_ops.pipeline_model(spark, fitted, 5).write().save(uri)
+    basis = pca_ops.load_basis(uri)
+    np.testing.assert_array_equal(basis.mean, fitted.mean)
+    np.testing.assert_array_equal(basis.components, fitted.components[:, :5])
+    # Fewer components in the reference: the rest keep their signs.
+    assert pca_ops.align_signs(flipped, basis).components[0, 5] == flipped.components[0, 5]
+
+
+def test_a_published_basis_on_new_features_keeps_its_axes(spark, fitted, matrix, features_uri, tmp_path):
+    uri = f"file://{tmp_path}/model"
+    pca_ops.pipeline_model(spark, fitted, 6).write().save(uri)
+    basis = pca_ops.load_basis(uri)
+    stats = pca_ops.moments(spark, features_uri)
+    applied, ratios = pca_ops.basis_on(stats, basis)
+    # On the data it was fitted on, the basis holds the fit's own shares of the variance.
+    np.testing.assert_allclose(ratios, fitted.ratios[:6], rtol=1e-9)
+    np.testing.assert_array_equal(applied.mean, fitted.mean)
+    assert applied.n == N
