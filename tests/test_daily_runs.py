@@ -95,7 +95,7 @@ def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path,
     assert second_rows == first_rows  # the same strings: bit-identical coordinates
     assert second["pca"]["basis"]["mode"] == "refit"
     assert second["pca"]["basis"]["signs_aligned_to"].endswith(
-        f"{first['run']['run_id']}/attempt-1/pca_model"
+        f"{slug(first['run']['run_id'])}/attempt-1/pca_model"
     )
 
     # Day 3, overlapping images (two gone, six new), pca_mode=reuse: day 2's basis, unchanged

@@ -16,7 +16,7 @@ import os
 import pandas as pd
 import pytest
 
-from orchard.storage.lake import LAKE_FORMAT
+from orchard.storage.lake import LAKE_FORMAT, Lake
 from orchard.tasks.watch import detect_change, source_fingerprint
 from tests.plugins.conftest import BUCKET
 
@@ -200,3 +200,15 @@ def test_a_source_on_s3_is_watched_by_its_objects(lake):
     state = f"{root}/state/source_watch.json"
     assert detect_change(store, state, source)["files"] == 1
     assert detect_change(store, state, source) is None
+
+
+def test_replacing_a_file_spark_wrote_drops_its_stale_hadoop_checksum(tmp_path):
+    """Erasure rewrites Parquet files Spark wrote; locally Spark checks them against the .crc beside
+    them, which would then describe the old bytes (a ChecksumException in the next run's read)."""
+    folder = tmp_path / "cache" / "model=abc"
+    folder.mkdir(parents=True)
+    (folder / "part-0.parquet").write_bytes(b"old")
+    (folder / ".part-0.parquet.crc").write_bytes(b"checksum of old")
+    Lake.local().write_bytes(f"file://{folder}/part-0.parquet", b"new")
+    assert (folder / "part-0.parquet").read_bytes() == b"new"
+    assert not (folder / ".part-0.parquet.crc").exists()

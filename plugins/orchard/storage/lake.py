@@ -104,8 +104,12 @@ class Lake:
             return
         # fsspec's local transactions write their temporary file in /tmp and move it: across
         # filesystems that is a copy a reader can see half of. A rename in the same folder is not.
-        with replaced_atomically(Path(self._path(uri))) as out:
+        path = Path(self._path(uri))
+        with replaced_atomically(path) as out:
             out.write(data)
+        # A file Spark wrote has Hadoop's checksum beside it (.<name>.crc): it describes the old
+        # bytes, and Spark would refuse the new ones (ChecksumException), so it goes with them.
+        path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
 
     def write_json(self, uri: str, payload: Mapping[str, Any]) -> None:
         """A small JSON document, replaced at once."""
