@@ -69,6 +69,7 @@ def only_its_attempt_was_added(before: dict[str, int], after: dict[str, int], ma
     assert manifest["counts"]["featurized_now"] == 0
 
 
+@pytest.mark.backs("daily runs: an unchanged re-run, reuse on overlapping sets, an erasure, retention")
 def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from orchard import retention
 from orchard.config import Settings
 from orchard.layout import LakeLayout
@@ -36,6 +38,7 @@ def present(store, root: str) -> set[str]:
     return {uri[len(root) + 1 :] for uri in store.list_files(root)}
 
 
+@pytest.mark.backs("retention on a folder, moto's S3 and SeaweedFS")
 def test_the_newest_attempts_stay_and_latest_always(lake):
     store, root = lake
     fill(store, root, latest="runs/r1/attempt-1")  # latest points at the oldest attempt
@@ -55,6 +58,7 @@ def test_the_newest_attempts_stay_and_latest_always(lake):
     assert {*SHARED, *OLD_LOGS, *ARTIFACTS, "latest.json"} <= left  # days off: logs and artifacts stay
 
 
+@pytest.mark.backs("retention on a folder, moto's S3 and SeaweedFS")
 def test_after_the_days_only_latest_and_what_this_run_staged_stay(lake):
     store, root = lake
     fill(store, root, latest="runs/r3/attempt-2")
@@ -69,6 +73,7 @@ def test_after_the_days_only_latest_and_what_this_run_staged_stay(lake):
     assert {*SHARED, "latest.json"} <= left
 
 
+@pytest.mark.backs("retention on a folder, moto's S3 and SeaweedFS")
 def test_days_not_yet_passed_remove_nothing_and_both_limits_off_keep_everything(lake):
     store, root = lake
     fill(store, root, latest="runs/r3/attempt-2")
@@ -78,6 +83,7 @@ def test_days_not_yet_passed_remove_nothing_and_both_limits_off_keep_everything(
     assert present(store, root) == before
 
 
+@pytest.mark.backs("retention on a folder, moto's S3 and SeaweedFS")
 def test_the_task_keeps_latest_whatever_its_scheme(lake, monkeypatch):
     """The retention task body, on the lake the settings name; on S3, latest.json's URIs are the
     Spark steps' (s3a:// for a local Spark on S3), the listing the Airflow side's (s3://)."""
