@@ -39,7 +39,6 @@ STDERR_TAIL = "pyspark.errors.exceptions: planted failure for the test"
 # Grants of the policy that no moto run exercises, and why they are there.
 NOT_EXERCISED = {
     "ReadWriteTheLake:s3:AbortMultipartUpload": "clean-up when assembling pcaFeatures.csv fails",
-    "ReadWriteTheLake:s3:DeleteObject": "forget_images (erasure) removes images and rewrites outputs",
     "PreflightReleaseAndInstanceTypes:ec2:DescribeSubnets": "preflight with ORCHARD_EMR_SUBNET_ID set",
     "UseTheLakeKeyOnlyWithSseKms:kms:GenerateDataKey": "writes with SSE-KMS (ORCHARD_KMS_KEY_ID)",
     "UseTheLakeKeyOnlyWithSseKms:kms:Decrypt": "reads and multipart uploads with SSE-KMS",
