@@ -21,6 +21,8 @@ R7  `airflow dags test` wall time ÷ the sum of the Spark steps' wall times
 R8  throughput and peak memory at growing image counts; R8b peak memory with G1 ÷ the serial collector
 R12 the lake's growth for an unchanged re-run ÷ the lake after the first run (every prefix counted;
     also without the ONNX model, a fixed ~9 MB that small lakes are mostly made of)
+R9  the featurize job on a Spark standalone cluster of 2 one-core workers ÷ 1 (throughput), beside the
+    engine's own ceiling; R10 the PCA step's time on 1 ÷ 2 workers (bench/scale_out.py)
 R11 re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
     modification time), the cost of one rule on every backend
 
@@ -47,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "spark_jobs")]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "spark_jobs"), str(ROOT / "bench")]
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # spark-submit and airflow come from the same environment as this Python.
@@ -55,6 +57,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 
 import numpy as np
 import psutil
+import scale_out  # bench/scale_out.py: R9 and R10
 
 from orchard.config import Settings
 from orchard.samples import generate
@@ -911,6 +914,7 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{_pairs(r8b)}",
         ),
         *[_growth_line(run["growth"]) for run in results["dag"]],
+        *scale_out.lines(results["scale_out"]),
         (
             "R11: unchanged re-upload, content rule ÷ rsync's",
             f"{median(r11):.2f}",
@@ -919,6 +923,31 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
             f"{median(r['raw_seconds']['rsync']):.2f} s, medians of {len(r11)}; {_pairs(r11)}",
         ),
     ]
+
+
+def _print_only(results: dict, rows: list[tuple[str, str, str]], to: Path | None) -> int:
+    """Print some rows of the table alone (and every figure to `to`)."""
+    print("\n".join(" | ".join(row) for row in rows))
+    if to:
+        to.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+def scale_out_run(settings: Settings, work: Path, model_doc: Path, count: int, reps: int) -> dict:
+    """R9, R10: the real steps on 1 and 2 pinned standalone workers (bench/scale_out.py)."""
+    paths = image_set(work / "scale-out-images", count, seed=3)
+    images, inputs = uploaded(work / "scale-out-images")
+    model = Path(json.loads(model_doc.read_text(encoding="utf-8"))["model"].removeprefix("file://"))
+
+    def featurize(out: Path) -> list[str]:
+        found = step_paths(out, images=f"file://{images}", inputs=f"file://{inputs}", model=model_doc)
+        return steps.featurize_args(found, partitions=scale_out.PARTITIONS)
+
+    def pca(features: Path, out: Path) -> list[str]:
+        return steps.pca_args(step_paths(out, features=f"file://{features}"), k=50)
+
+    log(f"scale-out: {count} images, 1 and 2 standalone workers, {reps} alternated reps")
+    return scale_out.scale_out(featurize, pca, steps.spark_conf(), model, paths, work / "scale-out", reps)
 
 
 def _growth_line(growth: dict) -> tuple[str, str, str]:
@@ -1066,7 +1095,7 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600, help="images for R1, R4, R5, R7 (default 600)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions of the steady-state pair")
@@ -1076,7 +1105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep generated images and outputs here")
     parser.add_argument("--scale", type=int, default=0, help="only the scale run, on this many images")
-    args = parser.parse_args(argv)
+    parser.add_argument("--scale-out-images", type=int, default=1200, help="images for R9 and R10")
+    parser.add_argument("--only-scale-out", action="store_true", help="only R9 and R10")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     settings = Settings.from_env()
     started = time.perf_counter()
@@ -1091,6 +1126,15 @@ def main(argv: list[str] | None = None) -> int:
             results["total_s"] = round(time.perf_counter() - started, 1)
             print(scale_report(results["scale"]))
             print(f"\nbench-scale total: {results['total_s']} s")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+            return 0
+        if args.only_scale_out:
+            result = scale_out_run(
+                settings, work, model_document(work), args.scale_out_images, args.run_reps + 1
+            )
+            results["scale_out"] = result
+            print("\n".join(" | ".join(row) for row in scale_out.lines(result)))
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
             return 0
@@ -1115,6 +1159,9 @@ def main(argv: list[str] | None = None) -> int:
                                                work, args.run_reps, model_doc)  # fmt: skip
         results["pca"] = pca_agreement(work / f"scale-{sizes[-1]}" / "features", k=50, reps=5)
         results["sync"] = unchanged_rule(work / f"n{sizes[-1]}", work)
+        results["scale_out"] = scale_out_run(
+            settings, work, model_doc, args.scale_out_images, args.run_reps + 1
+        )
         results["total_s"] = round(time.perf_counter() - started, 1)
         print(report(results))
         print(f"\nbench total: {results['total_s']} s")
