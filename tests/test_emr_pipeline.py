@@ -297,22 +297,34 @@ def load_dag():
     return bag.dags["fruits_pipeline"]
 
 
+EARLIER_ATTEMPT = "lake/runs/an-earlier-run/attempt-1/manifest.json"
+
+
+def saved_weights(folder: Path) -> Path:
+    """A .weights.h5 file of seeded random weights: the run's `weights` param (a user's own file)."""
+    from orchard_jobs.model import build_model, random_weights
+
+    weights_file = folder / "mobilenet_v2.weights.h5"
+    model = build_model(None)
+    model.set_weights(random_weights(9))
+    model.save_weights(weights_file)
+    return weights_file
+
+
 @pytest.mark.backs("no credentials in logs", "every S3 write encrypted", "least-privilege IAM policy")
 def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
-    airflow_db, moto_server, spark_standalone, tmp_path, aws_calls, capfd, caplog
+    airflow_db, moto_server, spark_standalone, tmp_path, aws_calls, capfd, caplog, monkeypatch
 ):
     s3 = moto_server
+    # Retention keeps one attempt: the run's own retention task removes an earlier run's from S3.
+    monkeypatch.setenv("ORCHARD_RETAIN_ATTEMPTS", "1")
+    s3.put_object(Bucket=BUCKET, Key=EARLIER_ATTEMPT, Body=b"{}", ServerSideEncryption="AES256")
     calls, ignored = aws_calls
     ignored.append(s3)
     source = tmp_path / "images"
     generate(source, per_class=4, seed=8)
     (source / "Kiwi" / "broken.jpg").write_bytes(truncated_jpeg())
-    from orchard_jobs.model import build_model, random_weights
-
-    weights_file = tmp_path / "mobilenet_v2.weights.h5"
-    model = build_model(None)
-    model.set_weights(random_weights(9))
-    model.save_weights(weights_file)
+    weights_file = saved_weights(tmp_path)
 
     stand_in = EmrStandIn(
         s3, tmp_path, master=spark_standalone["master"], python=spark_standalone["python"],
@@ -345,6 +357,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     )
     assert manifest["counts"]["featurized"] == 24
     assert manifest["counts"]["quarantined"] == 1
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=EARLIER_ATTEMPT)
     assert manifest["weights"]["used"] == str(weights_file)
     assert manifest["weights"]["meaningful"]
     check_cluster_facts(manifest, cluster)
