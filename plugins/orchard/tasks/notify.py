@@ -18,7 +18,7 @@ import html
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchard.config import Settings
@@ -47,7 +47,6 @@ class RunFailure:
     cluster_id: str | None = None
     idle_timeout: int = 0
     lake_root: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def failed_tasks(self) -> list[str]:
@@ -99,7 +98,7 @@ class RunFailure:
         lines.append("Cluster: " + self.cluster_fate)
         if self.lake_root:
             lines.append(f"The attempt's files: {self.lake_root}")
-        return lines + self.notes
+        return lines
 
     @property
     def text(self) -> str:
