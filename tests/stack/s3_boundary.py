@@ -9,7 +9,13 @@ from orchard.tasks import pipeline
 
 settings = Settings.from_env()
 assert settings.lake_on_s3, settings.lake
-params = {"source": "/opt/airflow/images", "limit": None, "weights": "random:5", "weights_fallback": "fail"}
+params = {
+    "source": "/opt/airflow/images",
+    "limit": None,
+    "weights": "random:5",
+    "weights_fallback": "fail",
+    "pca_mode": "refit",
+}
 upload = pipeline.upload_images(settings, params, "stack_s3_boundary")
 run = RunLayout.from_xcom(upload["run"])
 model = pipeline.convert_model(settings, params, run)
