@@ -60,7 +60,8 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict:
     started = time.time()
     for key, value in pca_ops.SPARK_CONF.items():
         spark.conf.set(key, value)
-    features = pca_ops.Features(args.features, args.cache or None)
+    # The features' files (and an index's rows) read once, for the fit and the scores.
+    features = pca_ops.feature_files(spark, pca_ops.Features(args.features, args.cache or None))
     basis = pca_ops.load_basis(args.basis) if args.basis else None
     published = hadoop_files.read_json(spark, args.basis_summary).get("basis") if args.basis_summary else None
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -119,9 +119,11 @@ IndexMap = Mapping[str, Mapping[str, list[tuple[str, str]]]]
 
 
 @dataclass(frozen=True)
-class _Source:
-    """The files to read (path, content), and for an index what to take from each, and how many."""
+class FeatureFiles:
+    """The files to read (path, content), and for an index what to take from each, and how many:
+    made once per step by `feature_files`, then read by the fit and the scores alike."""
 
+    uri: str
     files: DataFrame
     index: Any = None  # a broadcast IndexMap
     rows: int | None = None
@@ -140,22 +142,25 @@ def _index_map(spark: SparkSession, uri: str) -> tuple[dict[str, dict[str, list[
     return grouped, rows
 
 
-def feature_files(spark: SparkSession, source: str | Features) -> _Source:
+def feature_files(spark: SparkSession, source: str | Features | FeatureFiles) -> FeatureFiles:
     """(path, content) of each Parquet file holding the features, for `_feature_tables`.
 
     Spark's own files beside them (_SUCCESS, .crc checksums) are hidden from its listing; the glob
     keeps anything else that is not Parquet out too.
     """
+    if isinstance(source, FeatureFiles):  # already read: the index is collected and broadcast once
+        return source
     features = Features.of(source)
     if features.cache is None:
         files = spark.read.format("binaryFile").option("pathGlobFilter", "*.parquet").load(features.uri)
-        return _Source(files.select("path", "content"))
+        return FeatureFiles(features.uri, files.select("path", "content"))
     grouped, rows = _index_map(spark, features.uri)
     if not grouped:
         raise ValueError(f"{features.uri}: the index lists no images")
     cache = features.cache.rstrip("/")
     files = spark.read.format("binaryFile").load([f"{cache}/{segment}" for segment in sorted(grouped)])
-    return _Source(files.select("path", "content"), spark.sparkContext.broadcast(grouped), rows)
+    index = spark.sparkContext.broadcast(grouped)
+    return FeatureFiles(features.uri, files.select("path", "content"), index, rows)
 
 
 def _segment_of(path: str) -> str:
@@ -252,7 +257,7 @@ def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
         yield _batch_of(total)
 
 
-def moments(spark: SparkSession, source: str | Features) -> Moments:
+def moments(spark: SparkSession, source: str | Features | FeatureFiles) -> Moments:
     """One pass over the features: count, mean and centred cross-products, tree-aggregated.
 
     Partitions reduce to one row each; while there are more than MERGE_FANIN rows, groups of up to
@@ -273,13 +278,11 @@ def moments(spark: SparkSession, source: str | Features) -> Moments:
         values = row if isinstance(row, dict) else row.asDict()
         total = total.merge(_moments_of(values["n"], values["mean"], values["m2"]))
     if files.rows is not None and total.n != files.rows:
-        raise ValueError(
-            f"{Features.of(source).uri} lists {files.rows} images, the cache holds features for {total.n}"
-        )
+        raise ValueError(f"{files.uri} lists {files.rows} images, the cache holds features for {total.n}")
     return total
 
 
-def fit(spark: SparkSession, source: str | Features) -> FittedPca:
+def fit(spark: SparkSession, source: str | Features | FeatureFiles) -> FittedPca:
     """Fit a centred PCA of the features, with every component (features x features)."""
     stats = moments(spark, source)
     if stats.n < 2:
@@ -293,7 +296,9 @@ def fit(spark: SparkSession, source: str | Features) -> FittedPca:
     return FittedPca(stats.n, stats.mean, vectors * signs, variances)
 
 
-def scores(spark: SparkSession, source: str | Features, fitted: FittedPca, k: int) -> DataFrame:
+def scores(
+    spark: SparkSession, source: str | Features | FeatureFiles, fitted: FittedPca, k: int
+) -> DataFrame:
     """(path, label, pca array<double>): centred scores on the first k components, one row per image."""
     mean, basis = fitted.mean, np.ascontiguousarray(fitted.components[:, :k])
     schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("pca", pa.list_(pa.float64()))])
