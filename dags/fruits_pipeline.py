@@ -3,9 +3,9 @@
 
 Turns a folder of fruit photos (one sub-folder per class) into a table of PCA features.
 
-- local target: `upload_images` → `convert_model` → `featurize` → `pca` → `export_csv` → `report`
-  → `retention` (spark-submit, local mode)
-- emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `create_cluster` →
+- local target: `upload_images` → `convert_model` → `plan` → `featurize` → `pca` → `export_csv` →
+  `report` → `retention` (spark-submit, local mode)
+- emr target: `check_aws` → `stage_artifacts`, `upload_images` → `convert_model` → `plan` → `create_cluster` →
   `add_featurize_step` → `wait_featurize` → `add_pca_step` → `wait_pca` → `export_csv` →
   `terminate_cluster` (teardown: it runs whatever happened before it) → `report` (with what the
   cluster ran, for how long, and an estimate of its cost when ORCHARD_EMR_PRICE_PER_HOUR is set);
@@ -17,14 +17,18 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
    that are already there and unchanged (on S3: same size and SHA-256; encrypted).
 2. **convert_model** resolves the `weights` and converts MobileNetV2 to ONNX, once per weights: the
    model is kept in the lake (`cache/models/`) and later runs reuse it.
-3. **featurize** (Spark, ONNX Runtime in the workers) turns every image into 1280 MobileNetV2
+3. **plan** logs and writes `plan.json` before any step or cluster exists: images to featurize now
+   and from the cache, the machines (on EMR: type, count, vCPUs, memory; with `sizing=auto` the
+   fewest core nodes meeting `target_minutes`), each step's predicted duration and, with a price,
+   the cost, each figure with what it was measured on. The report sets what happened beside it.
+4. **featurize** (Spark, ONNX Runtime in the workers) turns every image into 1280 MobileNetV2
    features; files that cannot be decoded go to `quarantine` with a reason. Nothing is dropped
    silently. Its log shows progress:
    `featurize progress: 300/600 images (50%), tasks 1/2, 57.3 images/s, … s left`.
-4. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
+5. **pca** (Spark) fits a centred PCA with `pca_k` components, or the fewest that explain
    `pca_variance` of the variance.
-5. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
-6. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
+6. **export_csv** writes one `pcaFeatures.csv` (`path,label,pc_1,…,pc_k`) and `manifest.json`.
+7. **report** writes `report/report.html` (one self-contained page) with `scree.png` and
    `pc_scatter.png`; its log prints where they are. Open it from the run's **Orchard report** tab.
    Then `latest.json` points at this attempt.
 
@@ -61,7 +65,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param, chain, get_current_context, task, teardown
+from airflow.sdk import DAG, BaseHook, Param, chain, get_current_context, task, teardown
 
 from orchard.aws import emr
 from orchard.config import Settings
@@ -151,7 +155,22 @@ if settings.target == "emr":
         minimum=1,
         maximum=50,
         title="EMR core nodes",
-        description="Number of core nodes (the ones that run the featurization).",
+        description="Number of core nodes (the ones that run the featurization), with sizing=fixed.",
+    )
+    PARAMS["sizing"] = Param(
+        settings.emr_sizing,
+        type="string",
+        enum=["fixed", "auto"],
+        title="Cluster sizing",
+        description="fixed: core_instances nodes; auto: the fewest nodes the plan predicts to finish within "
+        "target_minutes at the lowest cost (within the vCPU quota left and ORCHARD_EMR_MAX_CORE_INSTANCES).",
+    )
+    PARAMS["target_minutes"] = Param(
+        settings.emr_target_minutes,
+        type="number",
+        exclusiveMinimum=0,
+        title="Target duration (minutes)",
+        description="With sizing=auto: how long the cluster's run may take, from its start to its end.",
     )
 
 
@@ -169,6 +188,23 @@ def upload_images() -> dict[str, Any]:
 def convert_model(run: dict[str, Any]) -> dict[str, Any]:
     """The ONNX model of the run's weights (converted now, or before by an earlier run)."""
     return pipeline.convert_model(settings, get_current_context()["params"], RunLayout.from_xcom(run))
+
+
+@task(task_id="plan", multiple_outputs=False)
+def plan_local(run: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """Before the steps: the work, this machine, predicted durations (plan.json, and the log)."""
+    master = BaseHook.get_connection(settings.spark_conn_id).host
+    return pipeline.plan_local(settings, RunLayout.from_xcom(run), model, master)
+
+
+@task(task_id="plan", multiple_outputs=True)
+def plan_emr(run: dict[str, Any], model: dict[str, Any], staged: dict[str, Any]) -> dict[str, Any]:
+    """Before the cluster: the work, the cluster (sized by `sizing`), predicted durations and cost."""
+    context = get_current_context()
+    return pipeline.plan_emr(
+        settings, context["params"], RunLayout.from_xcom(run), model, staged, context["run_id"],
+        context["dag"].dag_id,
+    )  # fmt: skip
 
 
 @task
@@ -193,14 +229,15 @@ def retention(staged: dict[str, Any] | None = None) -> dict[str, Any]:
 def check_aws() -> None:
     """Preflight: bucket, roles, release, instance type, subnet and key, before any upload or cost."""
     params = get_current_context()["params"]
-    pipeline.check_aws(settings, params["instance_type"], params["core_instances"])
+    # With sizing=auto the plan checks the quota for the nodes it picks; here the smallest cluster.
+    nodes = params["core_instances"] if params["sizing"] == "fixed" else 1
+    pipeline.check_aws(settings, params["instance_type"], nodes)
 
 
 @task(multiple_outputs=True)
 def stage_artifacts() -> dict[str, Any]:
-    """Stage jobs and bootstrap under a content-hashed prefix; build the cluster spec."""
-    context = get_current_context()
-    return pipeline.stage_artifacts(settings, context["params"], context["run_id"], context["dag"].dag_id)
+    """Stage jobs, bootstrap and wheels under content-hashed prefixes; describe the instance type."""
+    return pipeline.stage_artifacts(settings, get_current_context()["params"])
 
 
 @teardown(on_failure_fail_dagrun=True)
@@ -240,7 +277,7 @@ def local_pipeline() -> None:
     upload >> [featurize, pca]
     chain(
         upload,
-        convert_model(upload["run"]),
+        plan_local(upload["run"], convert_model(upload["run"])),
         featurize,
         pca,
         export_csv(upload["run"], upload["sync"]),
@@ -263,8 +300,9 @@ def emr_pipeline() -> None:
     preflight = check_aws()
     stage = stage_artifacts()
     upload = upload_images()
+    planned = plan_emr(upload["run"], convert_model(upload["run"]), stage)
     create_cluster = emr.RunClusterOperator(
-        task_id="create_cluster", job_flow_overrides=stage["job_flow"], emr_conn_id=None
+        task_id="create_cluster", job_flow_overrides=planned["job_flow"], emr_conn_id=None
     )
     # BODY: each step added, then waited on (the wait sized to the number of images).
     waiting = {
@@ -315,7 +353,7 @@ def emr_pipeline() -> None:
     reported = report(upload["run"], create_cluster.output)
 
     chain(preflight, [stage, upload])
-    chain(upload, convert_model(upload["run"]), create_cluster)
+    chain(planned, create_cluster)
     # The step arguments read the run's layout from the upload's XCom (templates): say so as edges.
     upload >> [add_featurize_step, add_pca_step]
     chain(add_featurize_step, wait_featurize, add_pca_step, wait_pca, export, terminate_cluster, reported)

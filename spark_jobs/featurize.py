@@ -143,6 +143,7 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
         "model": {key: model_doc[key] for key in ("model", "sha256", "converted", "seconds")},
         "engine": engine.describe(),
         "partitions": partitions,
+        "slots": slots,
         "threads_per_task": task_cpus,
         "cache": cache_at,
         "limit": args.limit or None,

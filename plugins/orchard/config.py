@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     emr_instance_type: str = "m5.xlarge"
     emr_core_instances: int = 2
     emr_core_spot: bool = False
+    # Core nodes: "fixed" uses ORCHARD_EMR_CORE_INSTANCES (or the run's core_instances); "auto" the
+    # fewest that the run's plan predicts to finish within EMR_TARGET_MINUTES at the lowest cost, at
+    # most EMR_MAX_CORE_INSTANCES and within the vCPU quota left (orchard.planning).
+    emr_sizing: Literal["fixed", "auto"] = "fixed"
+    emr_target_minutes: float = Field(60.0, gt=0)
+    emr_max_core_instances: int = Field(10, ge=1, le=50)
     emr_service_role: str = "EMR_DefaultRole"
     emr_instance_profile: str = "EMR_EC2_DefaultRole"
     emr_subnet_id: str | None = None
@@ -88,6 +94,9 @@ class Settings(BaseSettings):
     # Decoded here, not by pydantic-settings, so a malformed table gets an error naming the variable.
     emr_prices: Annotated[dict[str, float], NoDecode] = {}
     s3_endpoint: str | None = None
+    # The engine's per-core rate and its CPU model, as `make bench` measured them: a plan's featurize
+    # rate until the lake's history has a run on the same machine or instance type. Empty: none.
+    engine_profile: str = str(PROJECT_ROOT / "bench" / "engine-profile.json")
     # The PCA basis of a run: "refit" fits it on the run's features (its component signs aligned
     # to the published basis), "reuse" projects them on the published basis (latest's pca_model).
     pca_mode: Literal["refit", "reuse"] = "refit"

@@ -11,6 +11,7 @@
     {lake}/artifacts/<content hash>/...          the EMR steps' code and bootstrap, staged
     {lake}/artifacts/wheelhouse/<hash>/          the EMR nodes' wheels
     {lake}/emr-logs/                             the EMR clusters' logs (default LogUri)
+    {lake}/history/<time>-<run>-attempt-<n>.json  what each finished attempt did, where, how fast
 
 Each attempt of a run (a first run, then each clear-and-rerun of it) writes under its own prefix,
 and `latest.json` moves to an attempt only once that attempt has finished: what readers see is
@@ -50,6 +51,10 @@ class LakeLayout:
     def cache(self) -> str:
         """Features by image content (SHA-256) and weights, shared by all runs: never computed twice."""
         return f"{self.lake}/cache/features"
+
+    def feature_cache(self, model_sha256: str) -> str:
+        """The cached features of one model (as orchard_jobs.features.cache_uri names its folder)."""
+        return f"{self.cache}/model={model_sha256[:16]}"
 
     @property
     def models(self) -> str:
@@ -110,6 +115,15 @@ class LakeLayout:
     def emr_logs(self) -> str:
         """The EMR clusters' logs (their LogUri), unless ORCHARD_EMR_LOG_URI says otherwise."""
         return f"{self.lake}/emr-logs/"
+
+    @property
+    def history(self) -> str:
+        """One record per finished attempt (its machine, work and phases): what plans calibrate on."""
+        return f"{self.lake}/history"
+
+    def history_record(self, stamp: str, run_id: str, attempt: int) -> str:
+        """A finished attempt's record, named by its UTC time first, so name order is time order."""
+        return f"{self.history}/{stamp}-{slug(run_id)}-attempt-{attempt}.json"
 
     def run(self, dataset: str, run_id: str, attempt: int = 1) -> RunLayout:
         """The layout of one attempt of a run."""
@@ -215,6 +229,11 @@ class RunLayout:
     def manifest(self) -> str:
         """What this attempt read, produced and used."""
         return f"{self.root}/{MANIFEST}"
+
+    @property
+    def plan(self) -> str:
+        """The run's plan, made before its steps: the work, the machines, predicted time and cost."""
+        return f"{self.root}/plan.json"
 
     @property
     def report_folder(self) -> str:

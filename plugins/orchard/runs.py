@@ -83,6 +83,9 @@ def export_run(lake: Lake, run: RunLayout, sync: Mapping[str, Any]) -> dict[str,
             f"{counts['inputs']}: {counts['featurized']} featurized + {counts['quarantined']} quarantined"
         )
     manifest["csv_merge"] = merge_stats
+    # The plan made before the steps (the report adds what happened beside it).
+    if lake.exists(run.plan):
+        manifest["plan"] = lake.read_json(run.plan)
     lake.write_json(run.manifest, manifest)
     # The parts hold the CSV's bytes a second time: once it is assembled, they go.
     lake.delete_folder(run.csv_parts)

@@ -514,6 +514,39 @@ def cluster_cost(
     return result
 
 
+# The steps' names (spark_step) and the plan's phases they are.
+STEP_PHASES = {"orchard-featurize": "featurize", "orchard-pca": "pca"}
+
+
+def cluster_phases(emr_client: EMRClient, cluster_id: str) -> dict[str, float | None]:
+    """What a cluster's run took, phase by phase (seconds), from EMR's own timelines: the start
+    (created -> ready to run steps: provisioning and bootstrap actions; ClusterTimeline,
+    https://docs.aws.amazon.com/emr/latest/APIReference/API_ClusterTimeline.html), each step (its
+    StepTimeline start -> end), and the finish (the last step's end -> terminated: the export, then
+    the shut-down). A phase without both times is None."""
+    timeline = (
+        emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"].get("Status", {}).get("Timeline", {})
+    )
+
+    def between(start: Any, end: Any) -> float | None:
+        return round((end - start).total_seconds(), 1) if start and end else None
+
+    phases: dict[str, float | None] = {
+        "cluster_start": between(timeline.get("CreationDateTime"), timeline.get("ReadyDateTime"))
+    }
+    last_end = None
+    for page in emr_client.get_paginator("list_steps").paginate(ClusterId=cluster_id):
+        for step in page["Steps"]:
+            step_times = step.get("Status", {}).get("Timeline", {})
+            name = STEP_PHASES.get(step.get("Name", ""))
+            if name:
+                phases[name] = between(step_times.get("StartDateTime"), step_times.get("EndDateTime"))
+            end = step_times.get("EndDateTime")
+            last_end = max(last_end, end) if last_end and end else (end or last_end)
+    phases["finish"] = between(last_end, timeline.get("EndDateTime"))
+    return phases
+
+
 def _instances(emr_client: EMRClient, cluster_id: str, collection: str | None) -> list[dict[str, Any]]:
     """Role, type, count and market of each instance group (fleets: their types, counts unknown)."""
     if collection == "INSTANCE_FLEET":

@@ -341,6 +341,20 @@ def running_standard_vcpus(ec2: EC2Client) -> dict[str, int]:
     return used
 
 
+def quota_left(quotas: Any, ec2: EC2Client, kinds: Iterable[str]) -> dict[str, tuple[int, int] | ClientError]:
+    """For each market ('on-demand', 'spot'): (the standard families' vCPU quota, vCPUs running in
+    the region), or the error that kept the quota from being read."""
+    used = running_standard_vcpus(ec2)
+    found: dict[str, tuple[int, int] | ClientError] = {}
+    for kind in kinds:
+        try:
+            value = quotas.get_service_quota(ServiceCode="ec2", QuotaCode=QUOTAS[kind][0])["Quota"]["Value"]
+            found[kind] = (int(value), used[kind])
+        except ClientError as exc:
+            found[kind] = exc
+    return found
+
+
 def check_quota(
     quotas: Any, ec2: EC2Client, settings: Settings, instance_type: str, vcpu: int | None, core_instances: int
 ) -> list[Check]:
@@ -352,19 +366,16 @@ def check_quota(
         return [Check(name, True, f"not checked: {instance_type} is not in a standard family's quota")]
     needs = {"on-demand": vcpu * (1 if settings.emr_core_spot else 1 + core_instances)}
     needs["spot"] = vcpu * core_instances if settings.emr_core_spot else 0
-    used = running_standard_vcpus(ec2)
+    found = quota_left(quotas, ec2, [kind for kind, need in needs.items() if need])
     checks = []
-    for kind, need in needs.items():
-        if not need:
-            continue
+    for kind, quota in found.items():
         code, title = QUOTAS[kind]
-        try:
-            limit = int(quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
-        except ClientError as exc:
-            checks.append(Check(name, False, f"cannot read the {kind} vCPU quota {code} ({_code(exc)})"))
+        if isinstance(quota, ClientError):
+            checks.append(Check(name, False, f"cannot read the {kind} vCPU quota {code} ({_code(quota)})"))
             continue
-        left = limit - used[kind]
-        detail = f"{need} {kind} vCPUs needed, {left} left of the quota ({limit}, {used[kind]} running)"
+        limit, used = quota
+        need, left = needs[kind], limit - used
+        detail = f"{need} {kind} vCPUs needed, {left} left of the quota ({limit}, {used} running)"
         if need > left:
             fix = f"request more of '{title}' ({code}) in Service Quotas, or fewer or smaller nodes"
             checks.append(Check(name, False, f"{detail}: {fix}"))

@@ -171,6 +171,44 @@ def timing_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
     return rows
 
 
+def plan_section(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The plan made before the steps, each phase's prediction beside what happened (None: no plan,
+    as in manifests written before plans)."""
+    plan = manifest.get("plan")
+    if not plan:
+        return None
+    work, machine = plan["work"], plan["machine"]
+    where = (
+        f"{machine['nodes']} core node(s) x {machine['instance_type']}"
+        if machine.get("instance_type")
+        else machine["key"]
+    )
+    rows = []
+    for row in plan.get("comparison") or [
+        {"phase": n, "predicted": p["seconds"], "actual": None, "ratio": None}
+        for n, p in plan["phases"].items()
+    ]:
+        rows.append(
+            (
+                row["phase"],
+                _duration(row["predicted"]),
+                "unknown" if row["actual"] is None else _duration(row["actual"]),
+                "" if row["ratio"] is None else f"{row['ratio']:.2f}",
+                plan["phases"].get(row["phase"], {}).get("basis", ""),
+            )
+        )
+    cost = plan.get("cost")
+    return {
+        "work": f"{work['inputs']} images: {work['featurize_now']} to featurize, "
+        f"{work['from_cache']} from the cache",
+        "machine": f"{where}, {machine['vcpu']} vCPUs and {machine['slots']} task slots per node",
+        "sizing": plan["sizing"].get("reason"),
+        "rows": rows,
+        "unknown": plan.get("unknown", []),
+        "cost": f"{cost['cost']:.2f} USD predicted ({cost['basis']})" if cost else None,
+    }
+
+
 def version_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
     """The versions table, led by the inference engine that computed the features."""
     versions = {str(k): str(v) for k, v in manifest.get("versions", {}).items()}
@@ -250,6 +288,7 @@ def report_html(
             scree=base64.b64encode(scree).decode("ascii"),
             scatter=base64.b64encode(scatter).decode("ascii"),
             timings=timing_rows(manifest),
+            plan=plan_section(manifest),
             cluster=cluster_rows(manifest["emr"]) if manifest.get("emr") else None,
             weights={k: v for k, v in weights.items() if k != "warnings"},
             versions=version_rows(manifest),

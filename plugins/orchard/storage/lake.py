@@ -176,6 +176,28 @@ class Lake:
             [pd.read_parquet(io.BytesIO(self.read_bytes(part))) for part in parts], ignore_index=True
         )
 
+    def read_column(self, uri: str, column: str) -> list[Any]:
+        """One column of a Parquet file, or of every Parquet file below a folder (none: empty).
+
+        Only that column's pages are read (ranged reads on S3), not the files' other columns.
+        """
+        import pyarrow.parquet as pq  # ruff: ignore[import-outside-top-level] - as read_parquet's pandas
+
+        folder = uri.rstrip("/")
+        if uri.endswith(".parquet"):
+            parts = [uri]
+        else:
+            parts = [
+                u
+                for u in self.list_files(uri)
+                if u.endswith(".parquet") and not is_hidden(u[len(folder) + 1 :])
+            ]
+        values: list[Any] = []
+        for part in parts:
+            with self.fs.open(self._path(part), "rb") as handle:
+                values += pq.read_table(handle, columns=[column]).column(column).to_pylist()
+        return values
+
     def merge_csv(self, header: Iterable[str], parts_uri: str, dest_uri: str) -> dict[str, int]:
         """One CSV at `dest_uri`: the header row, then the `part-*` files below `parts_uri` in name order.
 

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchard import clients, model_cache, runs
+from orchard import clients, model_cache, planning, runs
 from orchard import retention as retention_policy
 from orchard.aws import emr, preflight, staging
+from orchard.aws.sizing import executor_sizing, yarn_memory_mb
 from orchard.config import Settings
 from orchard.layout import LakeLayout, RunLayout
 from orchard.report.render import write_report
@@ -68,22 +69,123 @@ def export_csv(settings: Settings, run: RunLayout, sync: Mapping[str, Any]) -> s
     return run.csv
 
 
+def plan_local(
+    settings: Settings, run: RunLayout, model: Mapping[str, Any], master: str | None
+) -> dict[str, Any]:
+    """The run's plan on local Spark (`master`: the Spark connection's, e.g. local[2]), written to
+    the attempt's plan.json and logged before the steps start."""
+    lake = airflow_lake(settings)
+    machine = planning.local_machine(master)
+    rates = planning.calibrate(
+        planning.read_history(lake, settings.lake), machine, planning.read_profile(settings.engine_profile)
+    )
+    return _write_plan(
+        lake, run, planning.make_plan(planning.read_work(lake, run, model["sha256"]), machine, rates)
+    )
+
+
+def plan_emr(
+    settings: Settings,
+    params: Mapping[str, Any],
+    run: RunLayout,
+    model: Mapping[str, Any],
+    staged: Mapping[str, Any],
+    run_id: str,
+    dag_id: str,
+) -> dict[str, Any]:
+    """The run's plan on EMR, before the cluster exists, and the cluster's spec it sizes.
+
+    `sizing=auto` picks the core nodes (orchard.planning.choose_nodes) within the vCPU quota left
+    and ORCHARD_EMR_MAX_CORE_INSTANCES; `fixed` takes `core_instances`. Returns the plan and the
+    RunJobFlow request (`job_flow`).
+    """
+    lake = airflow_lake(settings)
+    instance = staged["instance"]
+    executors = executor_sizing(instance["vcpu"], yarn_memory_mb(instance["type"], instance["memory_gb"]))
+    machine = planning.Machine(
+        "emr", f"emr: {instance['type']}", params["core_instances"], instance["vcpu"],
+        int(executors["spark.executor.cores"]) if executors else 1, instance["memory_gb"], instance["type"],
+    )  # fmt: skip
+    rates = planning.calibrate(
+        planning.read_history(lake, settings.lake), machine, planning.read_profile(settings.engine_profile)
+    )
+    work = planning.read_work(lake, run, model["sha256"])
+    price = settings.emr_prices.get(instance["type"], settings.emr_price_per_hour)
+    decision: dict[str, Any] = {"mode": "fixed", "reason": f"core_instances={machine.nodes}"}
+    if params.get("sizing", settings.emr_sizing) == "auto":
+        limits = planning.SizingLimits(
+            target_seconds=float(params.get("target_minutes") or settings.emr_target_minutes) * 60,
+            max_nodes=settings.emr_max_core_instances,
+            quota_left=_quota_left(settings, instance["type"]),
+            core_spot=settings.emr_core_spot,
+        )
+        chosen = planning.choose_nodes(work, machine, rates, limits, price)
+        machine = machine.with_nodes(chosen["nodes"])
+        decision = {
+            "mode": "auto", **chosen, "target_seconds": limits.target_seconds,
+            "max_nodes": limits.max_nodes, "quota_left": dict(limits.quota_left),
+        }  # fmt: skip
+    plan = _write_plan(lake, run, planning.make_plan(work, machine, rates, price, decision))
+    job_flow = emr.job_flow_spec(
+        settings,
+        run_id=run_id,
+        dag_id=dag_id,
+        bootstrap_uri=staged["bootstrap"],
+        requirements_uri=staged["requirements"],
+        wheelhouse_uri=staged["wheelhouse"],
+        instance_type=instance["type"],
+        core_instances=machine.nodes,
+        vcpu=instance["vcpu"],
+        memory_gb=instance["memory_gb"],
+    )
+    return {"plan": plan, "job_flow": job_flow}
+
+
+def _quota_left(settings: Settings, instance_type: str) -> dict[str, int | None]:
+    """vCPUs left of the EC2 quotas by market (None: not a standard family, or the quota is unreadable)."""
+    kinds = ["on-demand", "spot"] if settings.emr_core_spot else ["on-demand"]
+    if not instance_type.startswith(preflight.STANDARD_FAMILIES):
+        return dict.fromkeys(kinds)
+    found = preflight.quota_left(
+        clients.aws_client("service-quotas", settings.region, settings.aws_conn_id),
+        clients.aws_client("ec2", settings.region, settings.aws_conn_id),
+        kinds,
+    )
+    return {kind: None if isinstance(q, Exception) else q[0] - q[1] for kind, q in found.items()}
+
+
+def _write_plan(lake: Any, run: RunLayout, plan: dict[str, Any]) -> dict[str, Any]:
+    lake.write_json(run.plan, plan)
+    for line in planning.describe(plan).splitlines():
+        print(line)
+    return plan
+
+
 def report(settings: Settings, run: RunLayout, cluster_id: str | None = None) -> str:
     """The report (plots and one HTML page), then `latest.json`: the attempt is finished.
 
     On the emr target (`cluster_id`), the manifest first gets what the cluster ran and for how long,
-    with a cost estimate when a price is configured (`emr.cluster_cost`).
+    with a cost estimate when a price is configured (`emr.cluster_cost`). The plan's phases get what
+    happened beside them, and the attempt's record joins the lake's history (what later plans learn from).
     """
     lake = airflow_lake(settings)
+    manifest = lake.read_json(run.manifest)
+    featurized = lake.read_json(run.featurize_summary)
     if cluster_id:
-        manifest = lake.read_json(run.manifest)
+        emr_client = clients.aws_client("emr", settings.region, settings.aws_conn_id)
         manifest["emr"] = emr.cluster_cost(
-            clients.aws_client("emr", settings.region, settings.aws_conn_id),
-            cluster_id,
-            settings.emr_price_per_hour,
-            settings.emr_prices,
+            emr_client, cluster_id, settings.emr_price_per_hour, settings.emr_prices
         )
-        lake.write_json(run.manifest, manifest)
+        actual = emr.cluster_phases(emr_client, cluster_id)
+        actual["featurize_job"] = featurized.get("phases_seconds", {}).get("featurize")
+    else:
+        actual = planning.local_actuals(featurized, lake.read_json(run.pca_summary))
+    plan = manifest.get("plan")
+    if plan:
+        plan["actual"] = actual
+        plan["comparison"] = planning.compare(plan, actual)
+        planning.write_history(lake, settings.lake, planning.history_record(plan, manifest, actual))
+    lake.write_json(run.manifest, manifest)
     page = write_report(lake, run)
     runs.publish(lake, run)
     return page
@@ -104,10 +206,8 @@ def check_aws(settings: Settings, instance_type: str, core_instances: int | None
         raise RuntimeError("AWS preflight failed:\n" + "\n".join(str(c) for c in failed))
 
 
-def stage_artifacts(
-    settings: Settings, params: Mapping[str, Any], run_id: str, dag_id: str
-) -> dict[str, Any]:
-    """Stage the jobs, bootstrap and wheelhouse under content-hashed prefixes; build the cluster's spec.
+def stage_artifacts(settings: Settings, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage the jobs, bootstrap and wheelhouse under content-hashed prefixes; describe the instance type.
 
     The wheelhouse is built for the instance type's architecture (x86_64, or aarch64 on Graviton).
     """
@@ -120,23 +220,19 @@ def stage_artifacts(
     described = types.get(params["instance_type"], {})
     architecture = described.get("Architecture", "X86_64")
     wheelhouse = staging.stage_wheelhouse(lake, settings.lake, bootstrap / "requirements.txt", architecture)
-    job_flow = emr.job_flow_spec(
-        settings,
-        run_id=run_id,
-        dag_id=dag_id,
-        bootstrap_uri=staged["install-python-deps.sh"],
-        requirements_uri=staged["requirements.txt"],
-        wheelhouse_uri=wheelhouse,
-        instance_type=params["instance_type"],
-        core_instances=params["core_instances"],
-        vcpu=int(described.get("VCPU", 4)),
-        memory_gb=float(described.get("MemoryGB", 16.0)),
-    )
     return {
         "featurize": staged["featurize.py"],
         "pca": staged["pca.py"],
         "py_files": staged[staging.JOBS_ZIP],
-        "job_flow": job_flow,
+        "bootstrap": staged["install-python-deps.sh"],
+        "requirements": staged["requirements.txt"],
+        "wheelhouse": wheelhouse,
+        # What the plan sizes the cluster and its executors from (ListSupportedInstanceTypes).
+        "instance": {
+            "type": params["instance_type"],
+            "vcpu": int(described.get("VCPU", 4)),
+            "memory_gb": float(described.get("MemoryGB", 16.0)),
+        },
     }
 
 
