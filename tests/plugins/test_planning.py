@@ -29,10 +29,18 @@ def emr_history() -> list[dict]:
     phases = ("cluster_start", "featurize", "featurize_job", "pca", "finish")
     return [
         record(
-            "r2", EMR, inputs=8000, now=8000, phases=dict(zip(phases, (420.0, 540.0, 500.0, 90.0, 100.0)))
+            "r2",
+            EMR,
+            inputs=8000,
+            now=8000,
+            phases=dict(zip(phases, (420.0, 540.0, 500.0, 90.0, 100.0), strict=True)),
         ),
         record(
-            "r1", EMR, inputs=2000, now=2000, phases=dict(zip(phases, (480.0, 165.0, 125.0, 45.0, 140.0)))
+            "r1",
+            EMR,
+            inputs=2000,
+            now=2000,
+            phases=dict(zip(phases, (480.0, 165.0, 125.0, 45.0, 140.0), strict=True)),
         ),
     ]
 
