@@ -58,10 +58,13 @@ def add_images(source: Path, seed: int, prefix: str) -> list[str]:
 
 
 def only_its_attempt_was_added(before: dict[str, int], after: dict[str, int], manifest: dict) -> None:
-    """An unchanged re-run: new files in its own attempt only (and latest.json), the cache as it was."""
+    """An unchanged re-run: new files in its own attempt only (and latest.json, its history record),
+    the cache as it was."""
     new_attempt = f"runs/{slug(manifest['run']['run_id'])}/"
     grown = {p for p in after if after[p] != before.get(p)}
-    assert {p for p in grown if not p.startswith(new_attempt)} <= {"latest.json"}
+    record = f"{slug(manifest['run']['run_id'])}-attempt-1.json"
+    outside = {p for p in grown if not p.startswith(new_attempt)}
+    assert {p for p in outside if not (p.startswith("history/") and p.endswith(record))} <= {"latest.json"}
     assert {p: s for p, s in after.items() if p.startswith("cache/")} == {
         p: s for p, s in before.items() if p.startswith("cache/")
     }
@@ -94,6 +97,13 @@ def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path,
     second, second_rows = run(1)
     only_its_attempt_was_added(after_first, files(lake), second)
     assert second_rows == first_rows  # the same strings: bit-identical coordinates
+    # Day 2's plan knew every image was cached, and predicted from day 1's record in the history.
+    plan = second["plan"]
+    assert (plan["work"]["featurize_now"], plan["work"]["from_cache"]) == (0, 30)
+    assert plan["history_used"] == [f"{first['run']['run_id']}#1"]
+    assert {"featurize", "pca"} <= set(plan["phases"]) and plan["unknown"] == []
+    assert [row["phase"] for row in plan["comparison"]] == ["featurize", "pca", "total"]
+    assert all(row["actual"] > 0 and row["ratio"] > 0 for row in plan["comparison"])
     assert second["pca"]["basis"]["mode"] == "refit"
     assert second["pca"]["basis"]["signs_aligned_to"].endswith(
         f"{slug(first['run']['run_id'])}/attempt-1/pca_model"
@@ -105,6 +115,7 @@ def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path,
         (source / gone).unlink()
     added = add_images(source, seed=31, prefix="day3")
     third, third_rows = run(2, pca_mode="reuse")
+    assert (third["plan"]["work"]["featurize_now"], third["plan"]["work"]["from_cache"]) == (6, 28)
     shared = set(second_rows) & set(third_rows)
     assert len(shared) == 28 and set(added) <= set(third_rows)
     assert {p: third_rows[p] for p in shared} == {p: second_rows[p] for p in shared}

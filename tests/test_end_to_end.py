@@ -98,6 +98,19 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, c
     assert quarantine["Kiwi/truncated.jpg"].startswith("truncated JPEG")
     assert quarantine["Kiwi/readme.jpg"] == "not an image (unrecognised format)"
     assert manifest["pca"]["variance_kept"] >= 0.95
+    # The plan was made before the steps (plan.json, merged into the manifest), then compared.
+    plan = json.loads(local_path(manifest["outputs"]["plan"]).read_text())
+    assert plan["work"] == {
+        "inputs": 47, "featurize_now": 47, "from_cache": 0, "basis": manifest["plan"]["work"]["basis"]
+    }  # fmt: skip
+    assert plan["machine"]["target"] == "local" and plan["machine"]["slots"] == 2  # local[2,3]
+    assert {k: v for k, v in manifest["plan"].items() if k not in ("actual", "comparison")} == plan
+    actual = manifest["plan"]["actual"]
+    assert actual["featurize"] > actual["featurize_job"] > 0 and actual["pca"] > 0
+    (record,) = (lake / "history").glob("*.json")
+    assert json.loads(record.read_text())["work"] == {"inputs": 47, "featurize_now": 47}
+    page = local_path(manifest["outputs"]["report"]).read_text(encoding="utf-8")
+    assert "Plan and what happened" in page and "47 images: 47 to featurize, 0 from the cache" in page
     # The report task logs where the report is (the featurize step's progress lines reach the
     # task log through spark-submit's output: checked on real log files by tests/browser).
     assert f"run report: {manifest['outputs']['report']}" in caplog.text

@@ -248,7 +248,8 @@ class RunLayout:
     def outputs(self) -> dict[str, str]:
         """The outputs a manifest lists, by name."""
         return {
-            name: getattr(self, name) for name in ("features", "quarantine", "pca", "model", "csv", "report")
+            name: getattr(self, name)
+            for name in ("plan", "features", "quarantine", "pca", "model", "csv", "report")
         }
 
     def to_xcom(self) -> dict[str, Any]:

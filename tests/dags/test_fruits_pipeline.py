@@ -29,7 +29,10 @@ EMR_GRAPH = {
     "stage_artifacts": ["check_aws"],
     "upload_images": ["check_aws"],
     "convert_model": ["upload_images"],
-    "create_cluster": ["convert_model", "stage_artifacts"],
+    # The plan sizes the cluster: before it, after the model (the cache's folder) and the staging
+    # (the instance type's vCPUs and memory).
+    "plan": ["convert_model", "stage_artifacts", "upload_images"],
+    "create_cluster": ["plan"],
     "add_featurize_step": ["create_cluster", "stage_artifacts", "upload_images"],
     "wait_featurize": ["add_featurize_step", "create_cluster", "upload_images"],
     "add_pca_step": ["create_cluster", "stage_artifacts", "upload_images", "wait_featurize"],
@@ -77,6 +80,7 @@ def test_parses_with_no_connections_variables_or_settings_and_no_heavy_imports()
     assert set(result["graph"]) == {
         "upload_images",
         "convert_model",
+        "plan",
         "featurize",
         "pca",
         "export_csv",
@@ -152,7 +156,8 @@ def test_task_graph(dag):
     assert upstream == {
         "upload_images": [],
         "convert_model": ["upload_images"],
-        "featurize": ["convert_model", "upload_images"],
+        "plan": ["convert_model", "upload_images"],
+        "featurize": ["plan", "upload_images"],
         "pca": ["featurize", "upload_images"],
         "export_csv": ["pca", "upload_images"],
         "report": ["export_csv", "upload_images"],
