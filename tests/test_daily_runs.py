@@ -72,6 +72,16 @@ def only_its_attempt_was_added(before: dict[str, int], after: dict[str, int], ma
     assert manifest["counts"]["featurized_now"] == 0
 
 
+def planned_from_history(manifest: dict, earlier: dict) -> None:
+    """Day 2's plan knew every image was cached, and predicted from day 1's record in the history."""
+    plan = manifest["plan"]
+    assert (plan["work"]["featurize_now"], plan["work"]["from_cache"]) == (0, 30)
+    assert plan["history_used"] == [f"{earlier['run']['run_id']}#1"]
+    assert {"featurize", "pca"} <= set(plan["phases"]) and plan["unknown"] == []
+    assert [row["phase"] for row in plan["comparison"]] == ["featurize", "pca", "total"]
+    assert all(row["actual"] > 0 and row["ratio"] > 0 for row in plan["comparison"])
+
+
 @pytest.mark.backs("daily runs: an unchanged re-run, reuse on overlapping sets, an erasure, retention")
 def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
@@ -97,13 +107,7 @@ def test_daily_runs_retention_reuse_and_an_unchanged_rerun(airflow_db, tmp_path,
     second, second_rows = run(1)
     only_its_attempt_was_added(after_first, files(lake), second)
     assert second_rows == first_rows  # the same strings: bit-identical coordinates
-    # Day 2's plan knew every image was cached, and predicted from day 1's record in the history.
-    plan = second["plan"]
-    assert (plan["work"]["featurize_now"], plan["work"]["from_cache"]) == (0, 30)
-    assert plan["history_used"] == [f"{first['run']['run_id']}#1"]
-    assert {"featurize", "pca"} <= set(plan["phases"]) and plan["unknown"] == []
-    assert [row["phase"] for row in plan["comparison"]] == ["featurize", "pca", "total"]
-    assert all(row["actual"] > 0 and row["ratio"] > 0 for row in plan["comparison"])
+    planned_from_history(second, first)
     assert second["pca"]["basis"]["mode"] == "refit"
     assert second["pca"]["basis"]["signs_aligned_to"].endswith(
         f"{slug(first['run']['run_id'])}/attempt-1/pca_model"

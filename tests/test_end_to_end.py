@@ -104,7 +104,7 @@ def test_generated_images_with_broken_files(airflow_db, tmp_path, monkeypatch, c
         "inputs": 47, "featurize_now": 47, "from_cache": 0, "basis": manifest["plan"]["work"]["basis"]
     }  # fmt: skip
     assert plan["machine"]["target"] == "local" and plan["machine"]["slots"] == 2  # local[2,3]
-    assert {k: v for k, v in manifest["plan"].items() if k not in ("actual", "comparison")} == plan
+    assert {k: v for k, v in manifest["plan"].items() if k not in {"actual", "comparison"}} == plan
     actual = manifest["plan"]["actual"]
     assert actual["featurize"] > actual["featurize_job"] > 0 and actual["pca"] > 0
     (record,) = (lake / "history").glob("*.json")

@@ -448,7 +448,9 @@ def read_work(lake: Lake, run: RunLayout, model_sha256: str) -> Work:
 
 
 def read_profile(path: str) -> dict[str, Any] | None:
-    """The engine profile `make bench` wrote (None when there is none)."""
+    """The engine profile `make bench` wrote (None when there is none, or no path is set)."""
+    if not path:
+        return None
     try:
         with open(path, encoding="utf-8") as handle:
             profile: dict[str, Any] = json.load(handle)
