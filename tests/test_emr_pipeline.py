@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchard import planning
 from orchard.aws.emr import NODE_PYTHON
 from orchard.dev.ui import stop_process_groups
 from orchard.samples import generate
@@ -206,6 +207,7 @@ class EmrStandIn(threading.Thread):
                 Body=gzip.compress(log.encode()),
             )
             step.state = "FAILED"
+            step.end_date_time = datetime.datetime.now(datetime.UTC)
             return
         step.state = "RUNNING"
         mirror = self.workdir / "mirror"
@@ -237,6 +239,7 @@ class EmrStandIn(threading.Thread):
         if result.returncode != 0:
             raise RuntimeError(f"step {step.name} failed locally:\n{result.stderr[-3000:]}")
         self.sync_up(mirror, cluster)
+        step.end_date_time = datetime.datetime.now(datetime.UTC)  # EMR's Timeline.EndDateTime
         step.state = "COMPLETED"
 
     def sync_down(self, mirror: Path):
@@ -361,6 +364,7 @@ def test_emr_run_creates_the_cluster_runs_both_steps_and_terminates(
     assert manifest["weights"]["used"] == str(weights_file)
     assert manifest["weights"]["meaningful"]
     check_cluster_facts(manifest, cluster)
+    check_plan(s3, manifest)
     csv_key = latest["csv"].removeprefix(f"s3://{BUCKET}/")
     head = s3.head_object(Bucket=BUCKET, Key=csv_key)
     assert head["ServerSideEncryption"] == "AES256"
@@ -403,6 +407,25 @@ def check_cluster_facts(manifest: dict, cluster) -> None:
     assert emr_facts["lifetime_seconds"] is not None and emr_facts["estimate"] is None  # no price set
 
 
+def check_plan(s3, manifest: dict) -> None:
+    """The plan sized the cluster (core_instances=3, fixed), and the report set EMR's timelines beside
+    it: each step's StepTimeline; the run's record joined the lake's history."""
+    plan = manifest["plan"]
+    assert plan["sizing"] == {"mode": "fixed", "reason": "core_instances=3"}
+    assert (plan["machine"]["nodes"], plan["machine"]["instance_type"]) == (3, "m5.xlarge")
+    assert plan["work"] == {**plan["work"], "inputs": 25, "featurize_now": 25, "from_cache": 0}
+    # No history yet: the documented default.
+    assert plan["phases"]["cluster_start"]["seconds"] == pytest.approx(planning.DEFAULT_CLUSTER_START)
+    actual = plan["actual"]
+    assert actual["featurize"] > 0 and actual["pca"] > 0 and actual["featurize_job"] > 0
+    (record,) = s3.list_objects_v2(Bucket=BUCKET, Prefix="lake/history/")["Contents"]
+    history = json.loads(s3.get_object(Bucket=BUCKET, Key=record["Key"])["Body"].read())
+    assert (
+        history["machine"]["key"] == "emr: m5.xlarge"
+        and history["phases"]["featurize"] == actual["featurize"]
+    )
+
+
 def check_executor_imports(imports: Path) -> None:
     """Python workers of the executors (separate processes) imported orchard_jobs, only from the zip."""
     logs = list(imports.iterdir())
@@ -418,6 +441,7 @@ def check_report_and_logs(s3, manifest: dict, capfd, caplog) -> None:
     assert s3.head_object(Bucket=BUCKET, Key=report_key)["ServerSideEncryption"] == "AES256"
     page = s3.get_object(Bucket=BUCKET, Key=report_key)["Body"].read().decode("utf-8")
     assert "normalized instance-hours" in page and manifest["emr"]["cluster_id"] in page
+    assert "Plan and what happened" in page and "3 core node(s) x m5.xlarge" in page
     output = capfd.readouterr()
     assert f"run report: {manifest['outputs']['report']}" in caplog.text
     assert_no_secrets(output.out, output.err, caplog.text)
