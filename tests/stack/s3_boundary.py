@@ -1,5 +1,5 @@
-"""Run inside the stack's Airflow image: the bodies of upload_images and convert_model (what the DAG
-runs before its Spark steps) on the S3 lake of the container's settings. Prints one JSON line."""
+"""Run inside the stack's Airflow image: the bodies of upload_images, convert_model and plan (what the
+DAG runs before its Spark steps) on the S3 lake of the container's settings. Prints one JSON line."""
 
 import json
 
@@ -19,4 +19,9 @@ params = {
 upload = pipeline.upload_images(settings, params, "stack_s3_boundary")
 run = RunLayout.from_xcom(upload["run"])
 model = pipeline.convert_model(settings, params, run)
-print(json.dumps({"inputs_file": run.inputs_file, "sync": upload["sync"], "model": model}, default=str))
+plan = pipeline.plan_local(settings, run, model, "local[2]")
+print(
+    json.dumps(
+        {"inputs_file": run.inputs_file, "sync": upload["sync"], "model": model, "plan": plan}, default=str
+    )
+)

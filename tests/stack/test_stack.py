@@ -279,7 +279,7 @@ def test_the_pipeline_runs_through_the_stack_and_a_rerun_uploads_nothing(stack, 
 
 
 def test_the_s3_lake_up_to_the_spark_steps(stack, source):
-    """upload_images and convert_model on the S3 lake, in the stack's image, against its SeaweedFS:
+    """upload_images, convert_model and plan on the S3 lake, in the stack's image, against its SeaweedFS:
     the task bodies the DAG runs, with the stack's settings and only ORCHARD_LAKE changed."""
     done = stack.compose(
         "run", "--rm", "--no-deps", "-e", "ORCHARD_LAKE=s3://orchard/lake", "-v", f"{HERE}:/opt/stack:ro",
@@ -302,6 +302,9 @@ def test_the_s3_lake_up_to_the_spark_steps(stack, source):
     assert len(listing) == len(expected)
     assert any(k.endswith(".onnx") for k in keys), sorted(keys)[:20]
     assert result["sync"]["uploaded"] == len(expected)
+    # The plan read the listing and the (empty) features cache on S3, and wrote plan.json there.
+    assert result["plan"]["work"]["inputs"] == len(expected) and result["plan"]["work"]["from_cache"] == 0
+    assert any(k.endswith("/plan.json") for k in keys)
 
 
 def browse_the_report_tab(stack: Stack, run_id: str, counts: tuple[int, int, int]) -> None:
