@@ -72,8 +72,8 @@ def cancelled_cleanly(after: dict[str, str | None], run_state: str, cluster_stat
     assert after["check_outcome"] == "failed", after
     for task_id in ("add_pca_step", "wait_pca", "export_csv", "report"):
         assert after[task_id] == "skipped", after
-    for task_id in ("check_aws", "stage_artifacts", "upload_images", "convert_model", "plan", "create_cluster",
-                    "add_featurize_step"):  # fmt: skip
+    for task_id in ("check_aws", "stage_artifacts", "upload_images", "convert_model", "plan",
+                    "create_cluster", "add_featurize_step"):  # fmt: skip
         assert after[task_id] == "success", after
 
 
