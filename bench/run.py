@@ -23,6 +23,9 @@ R12 the lake's growth for an unchanged re-run ÷ the lake after the first run (e
     also without the ONNX model, a fixed ~9 MB that small lakes are mostly made of)
 R9  the featurize job on a Spark standalone cluster of 2 one-core workers ÷ 1 (throughput), beside the
     engine's own ceiling; R10 the PCA step's time on 1 ÷ 2 workers (bench/scale_out.py)
+R13 a run's plan for 8,000 images (orchard.planning, calibrated on a 600-image run) ÷ what the run
+    took, per phase; also uncalibrated (the engine profile alone); writes the engine profile
+    (bench/plan_check.py)
 R11 re-upload of an unchanged folder: the sync's rule (same size and SHA-256) ÷ rsync's (same size and
     modification time), the cost of one rule on every backend
 
@@ -56,6 +59,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 import numpy as np
+import plan_check  # bench/plan_check.py: R13 and the engine profile
 import psutil
 import scale_out  # bench/scale_out.py: R9 and R10
 
@@ -915,6 +919,7 @@ def ratios(results: dict) -> list[tuple[str, str, str]]:
         ),
         *[_growth_line(run["growth"]) for run in results["dag"]],
         *scale_out.lines(results["scale_out"]),
+        *plan_check.lines(results["plan"]),
         (
             "R11: unchanged re-upload, content rule ÷ rsync's",
             f"{median(r11):.2f}",
@@ -948,6 +953,25 @@ def scale_out_run(settings: Settings, work: Path, model_doc: Path, count: int, r
 
     log(f"scale-out: {count} images, 1 and 2 standalone workers, {reps} alternated reps")
     return scale_out.scale_out(featurize, pca, steps.spark_conf(), model, paths, work / "scale-out", reps)
+
+
+def plan_run(settings: Settings, work: Path, model_doc: Path, small: int, large: int) -> dict:
+    """R13 (bench/plan_check.py): the engine profile, then the plan for `large` images calibrated on
+    `small`, against the `large` run; the profile is written where plans read it."""
+    sets = {n: work / f"plan-images-{n}" for n in (small, large)}
+    paths = {n: image_set(folder, n, seed=5 + i) for i, (n, folder) in enumerate(sets.items())}
+    model = Path(json.loads(model_doc.read_text(encoding="utf-8"))["model"].removeprefix("file://"))
+    log(f"plan: engine profile on {small} images, then the steps on {small} and {large} images")
+    profile = plan_check.engine_profile(model, paths[small], work)
+    plan_check.write_profile(profile, settings.engine_profile)
+
+    def featurize(n: int, out: Path) -> dict:
+        return spark_submit(settings, sets[n], out, model_doc)
+
+    def pca(out: Path) -> dict:
+        return pca_submit(settings, out / "features", out / "pca")
+
+    return plan_check.plan_check(featurize, pca, small, large, profile, work)
 
 
 def _growth_line(growth: dict) -> tuple[str, str, str]:
@@ -1107,6 +1131,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=int, default=0, help="only the scale run, on this many images")
     parser.add_argument("--scale-out-images", type=int, default=1200, help="images for R9 and R10")
     parser.add_argument("--only-scale-out", action="store_true", help="only R9 and R10")
+    parser.add_argument("--plan-images", default="600,8000", help="R13: calibration and planned run sizes")
+    parser.add_argument("--only-plan", action="store_true", help="only R13 (and the engine profile)")
     return parser
 
 
@@ -1138,6 +1164,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
             return 0
+        small, large = (int(x) for x in args.plan_images.split(","))
+        if args.only_plan:
+            results["plan"] = plan_run(settings, work, model_document(work), small, large)
+            return _print_only(results, plan_check.lines(results["plan"]), args.json)
         images = work / "images"
         paths = image_set(images, args.images, seed=1)
         for size in sizes:
@@ -1162,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         results["scale_out"] = scale_out_run(
             settings, work, model_doc, args.scale_out_images, args.run_reps + 1
         )
+        results["plan"] = plan_run(settings, work, model_doc, small, large)
         results["total_s"] = round(time.perf_counter() - started, 1)
         print(report(results))
         print(f"\nbench total: {results['total_s']} s")

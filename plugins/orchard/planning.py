@@ -392,7 +392,8 @@ def compare(plan: Mapping[str, Any], actual: Mapping[str, float | None]) -> list
         happened = actual.get(name)
         rows.append(_row(name, predicted["seconds"], happened))
     known = [actual.get(name) for name in plan.get("phases", {})]
-    if rows and all(v is not None for v in known):
+    # A total only of what the plan covers entirely: a phase it could not predict has no share in it.
+    if rows and not plan.get("unknown") and all(v is not None for v in known):
         rows.append(_row("total", plan["total_seconds"], sum(v for v in known if v is not None)))
     return rows
 
