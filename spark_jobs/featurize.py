@@ -121,10 +121,13 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
     outcomes = features.outcomes(spark, results, listing, args.images, sized=bool(args.inputs))
     # The counts come from the first output's write itself (observed metrics): no job of their own.
     observation = Observation("orchard-outcomes")
-    observed = outcomes.observe(observation, *features.outcome_metrics())
+    observed = outcomes.observe(observation, *features.outcome_metrics(), features.busy_metric())
     with StageProgress(spark.sparkContext, "orchard-featurize", partitions, pending):
         features.quarantined(observed).write.mode("overwrite").parquet(args.quarantine)
-    counts = {key: int(value) for key, value in observation.get.items()}
+    metrics = dict(observation.get)
+    # Worker-seconds of decoding and inference in the Python workers (what a plan's rate is taken from).
+    phases["busy"] = float(metrics.pop("busy_seconds") or 0.0)
+    counts = {key: int(value) for key, value in metrics.items()}
     phases["featurize"] = time.time() - job_started
     # Outcomes that do not add up fail the step (and the run) before anything reaches the cache,
     # which later runs share.
@@ -151,7 +154,8 @@ def run(spark: SparkSession, args: argparse.Namespace, session_seconds: float | 
         "driver": {"listed_files": listed, "listing_from_upload": bool(args.inputs)},
         "seconds": round(time.time() - started, 3),
         # Where the step's time went: Spark session start, reading the model, listing the images,
-        # the cache lookup, the featurize job (Python workers, model, inference), the writes.
+        # the cache lookup, the featurize job (Python workers, model, inference), the writes; `busy`
+        # (not a part of the others): the workers' decoding and inference, summed over workers.
         "phases_seconds": {key: None if value is None else round(value, 3) for key, value in phases.items()},
         "versions": versions(spark),
     }

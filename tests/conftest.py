@@ -41,6 +41,8 @@ os.environ.update(
 )
 for key in [k for k in os.environ if k.startswith("ORCHARD_")]:
     del os.environ[key]
+# Plans in tests calibrate on what the tests give them, never on a profile a `make bench` left here.
+os.environ["ORCHARD_ENGINE_PROFILE"] = ""
 # py4j logs at INFO from __del__ at interpreter exit, after pytest has closed its log streams.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 

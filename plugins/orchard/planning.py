@@ -92,6 +92,7 @@ class Rates:
     pca_per_image: Estimate | None
     cluster_start: Estimate | None = None  # EMR: created -> ready (provisioning and bootstrap)
     finish: Estimate | None = None  # EMR: last step's end -> terminated (export, then shut-down)
+    between_steps: Estimate | None = None  # EMR: ready -> first step, and between the steps
     history: tuple[str, ...] = ()  # the records used: "<run id>#<attempt>"
 
 
@@ -128,53 +129,71 @@ def _runs(records: Sequence[object]) -> str:
     return f"{len(records)} earlier run{'s' if len(records) != 1 else ''} on this machine"
 
 
+def _featurize_rates(record: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(images per second per task slot, the step's other seconds) of one record's featurize step.
+
+    With the workers' busy time (decoding and inference, summed over workers) the rate is the
+    workers' own and everything else (session, listing, worker and model start-up, writes) is the
+    fixed part; records without it divide the images by the whole job.
+    """
+    phases, now, slots = record["phases"], record["work"]["featurize_now"], record["machine"]["total_slots"]
+    if not now or phases.get("featurize") is None:
+        return None
+    if phases.get("featurize_busy"):
+        return now / phases["featurize_busy"], phases["featurize"] - phases["featurize_busy"] / slots
+    if phases.get("featurize_job"):
+        return now / (phases["featurize_job"] * slots), phases["featurize"] - phases["featurize_job"]
+    return None
+
+
 def calibrate(
     records: Sequence[Mapping[str, Any]], machine: Machine, profile: Mapping[str, Any] | None = None
 ) -> Rates:
     """The rates of `machine` from history records (newest first) of the same machine key, else the
-    engine profile `make bench` wrote (its per-core rate: the Spark steps' own time stays unknown)."""
+    engine profile `make bench` wrote (its per-core rate: the Spark steps' own time stays unknown).
+
+    Locally the profile counts only when it was measured on this CPU model; on EMR, where no bench
+    ran on the nodes, it is used with its CPU named in the basis (the first run on a type replaces it).
+    """
     same = [r for r in records if r.get("machine", {}).get("key") == machine.key][:HISTORY_USED]
     used = tuple(f"{r['run_id']}#{r['attempt']}" for r in same)
 
-    featurized = [r for r in same if r["phases"].get("featurize_job") and r["work"]["featurize_now"] > 0]
+    measured = [rates for rates in map(_featurize_rates, same) if rates]
     slot_rate = featurize_fixed = None
-    if featurized:
-        rate = _median(
-            r["work"]["featurize_now"] / (r["phases"]["featurize_job"] * r["machine"]["total_slots"])
-            for r in featurized
+    if measured:
+        slot_rate = Estimate(_median(r for r, _ in measured), f"featurize of {_runs(measured)}")
+        featurize_fixed = Estimate(
+            _median(max(f, 0.0) for _, f in measured), f"the rest of {_runs(measured)}"
         )
-        slot_rate = Estimate(rate, f"featurize job of {_runs(featurized)}")
-    elif profile and profile.get("rates"):
+    elif profile and profile.get("rates") and (machine.target == "emr" or profile.get("cpu") == machine.cpu):
         cores = sorted(int(c) for c in profile["rates"])
         usable = max([c for c in cores if c <= machine.slots] or cores[:1])
         rate = float(profile["rates"][str(usable)]) / usable
+        other = " (not the nodes' CPU)" if machine.target == "emr" else ""
         slot_rate = Estimate(
             rate,
-            f"engine only (decode + inference, no Spark), {usable} process(es) on {profile.get('cpu')} "
-            f"by make bench on {profile.get('measured')}",
-        )
-    timed = [r for r in same if r["phases"].get("featurize") is not None]
-    if timed:
-        featurize_fixed = Estimate(
-            _median(r["phases"]["featurize"] - (r["phases"].get("featurize_job") or 0) for r in timed),
-            f"step time outside its job, {_runs(timed)}",
+            f"engine only (decode + inference, no Spark), {usable} process(es) on {profile.get('cpu')}{other}"
+            f", make bench on {profile.get('measured')}",
         )
 
     pca_fixed, pca_per_image = _linear(
         [(r["work"]["inputs"], r["phases"]["pca"]) for r in same if r["phases"].get("pca") is not None]
     )
-    cluster_start = finish = None
+    cluster_start = finish = between = None
     if machine.target == "emr":
-        started = [r["phases"]["cluster_start"] for r in same if r["phases"].get("cluster_start") is not None]
+        # A start of 0 s is no cluster's (moto's clusters are ready when created): not a measurement.
+        started = [r["phases"]["cluster_start"] for r in same if (r["phases"].get("cluster_start") or 0) > 0]
         cluster_start = (
             Estimate(_median(started), f"median of {len(started)} earlier clusters of this type")
             if started
             else Estimate(DEFAULT_CLUSTER_START, DEFAULT_CLUSTER_START_BASIS)
         )
-        ended = [r["phases"]["finish"] for r in same if r["phases"].get("finish") is not None]
-        if ended:
-            finish = Estimate(_median(ended), f"median of {len(ended)} earlier clusters of this type")
-    return Rates(slot_rate, featurize_fixed, pca_fixed, pca_per_image, cluster_start, finish, used)
+        for name in ("finish", "between_steps"):
+            seen = [r["phases"][name] for r in same if r["phases"].get(name) is not None]
+            if seen:
+                estimate = Estimate(_median(seen), f"median of {len(seen)} earlier clusters of this type")
+                finish, between = (estimate, between) if name == "finish" else (finish, estimate)
+    return Rates(slot_rate, featurize_fixed, pca_fixed, pca_per_image, cluster_start, finish, between, used)
 
 
 def _linear(points: Sequence[tuple[int, float]]) -> tuple[Estimate | None, Estimate | None]:
@@ -198,56 +217,73 @@ def _linear(points: Sequence[tuple[int, float]]) -> tuple[Estimate | None, Estim
 
 
 def predict(work: Work, machine: Machine, rates: Rates) -> dict[str, Any]:
-    """Each phase's predicted seconds with its basis, their total, and what could not be predicted."""
+    """Each phase's predicted seconds with its basis, their total, what could not be predicted
+    (`unknown`: left out of the total) and what was taken as 0 for want of a measurement (`assumed`):
+    with either, the total is a lower bound (`complete` False)."""
     phases: dict[str, dict[str, Any]] = {}
     unknown: list[str] = []
+    assumed: list[str] = []
 
-    def add(name: str, seconds: float | None, basis: str) -> None:
-        if seconds is None:
-            unknown.append(f"{name}: {basis}")
+    def add(name: str, estimate: Estimate | None, missing: str = "no earlier run on this machine") -> None:
+        if estimate is None:
+            unknown.append(f"{name}: {missing}")
         else:
-            phases[name] = {"seconds": round(seconds, 1), "basis": basis}
+            phases[name] = {"seconds": round(estimate.seconds, 1), "basis": estimate.basis}
 
     if machine.target == "emr":
-        start = rates.cluster_start
-        add("cluster_start", start.seconds if start else None, start.basis if start else "no history")
+        add("cluster_start", rates.cluster_start)
     if work.featurize_now and rates.slot_rate is None:
-        add("featurize", None, "no measured rate (no earlier run on this machine, no bench profile)")
+        add(
+            "featurize",
+            None,
+            "no measured rate (no earlier run on this machine, no bench profile of its CPU)",
+        )
     else:
         job = work.featurize_now / (rates.slot_rate.seconds * machine.total_slots) if rates.slot_rate else 0.0
+        parts = []
+        if rates.slot_rate:
+            parts.append(
+                f"{work.featurize_now} images / ({rates.slot_rate.seconds:.2f} img/s"
+                f" x {machine.total_slots} slots) [{rates.slot_rate.basis}]"
+            )
         fixed = rates.featurize_fixed.seconds if rates.featurize_fixed else 0.0
-        basis = (
-            f"{work.featurize_now} images / ({rates.slot_rate.seconds:.2f} img/s"
-            f" x {machine.total_slots} slots)"
-            f" [{rates.slot_rate.basis}]"
-            if rates.slot_rate
-            else "nothing to featurize"
-        )
-        basis += (
-            f" + {fixed:.0f} s fixed [{rates.featurize_fixed.basis}]"
-            if rates.featurize_fixed
-            else " (the step's fixed part is not measured yet: a lower bound)"
-        )
-        add("featurize", fixed + job, basis)
-    if rates.pca_fixed is None:
-        add("pca", None, "no earlier run on this machine")
-    else:
-        per = rates.pca_per_image.seconds if rates.pca_per_image else 0.0
-        add("pca", rates.pca_fixed.seconds + per * work.inputs, rates.pca_fixed.basis)
+        if rates.featurize_fixed:
+            parts.append(f"{fixed:.0f} s fixed [{rates.featurize_fixed.basis}]")
+        else:
+            assumed.append("featurize: the step's fixed part (session, workers, writes), not measured yet")
+        add("featurize", Estimate(fixed + job, " + ".join(parts) or "nothing to featurize"))
     if machine.target == "emr":
-        finish = rates.finish
-        add("finish", finish.seconds if finish else None, finish.basis if finish else "no history")
+        add("between_steps", rates.between_steps)
+    if rates.pca_fixed is not None:
+        per = rates.pca_per_image.seconds if rates.pca_per_image else 0.0
+        if rates.pca_per_image is None:
+            assumed.append("pca: its part per image (runs of one size only)")
+        add("pca", Estimate(rates.pca_fixed.seconds + per * work.inputs, rates.pca_fixed.basis))
+    else:
+        add("pca", None)
+    if machine.target == "emr":
+        add("finish", rates.finish)
     total = round(sum(p["seconds"] for p in phases.values()), 1)
-    return {"phases": phases, "total_seconds": total, "unknown": unknown}
+    return {
+        "phases": phases,
+        "total_seconds": total,
+        "unknown": unknown,
+        "assumed": assumed,
+        "complete": not unknown and not assumed,
+    }
 
 
-def cost(machine: Machine, seconds: float, price: float | None) -> dict[str, Any] | None:
-    """Instances (the primary and the core nodes) x predicted lifetime x price per instance-hour."""
+def cost(
+    machine: Machine, seconds: float, price: float | None, complete: bool = True
+) -> dict[str, Any] | None:
+    """Instances (the primary and the core nodes) x predicted lifetime x price per instance-hour
+    (`lower_bound` when the lifetime is one)."""
     if machine.target != "emr" or price is None:
         return None
     instances = 1 + machine.nodes
     return {
         "cost": round(instances * seconds / 3600 * price, 4),
+        "lower_bound": not complete,
         "instances": instances,
         "basis": f"{instances} x {machine.instance_type} x {seconds / 3600:.2f} h"
         f" x {price} per instance-hour "
@@ -275,8 +311,14 @@ def _vcpus_needed(machine: Machine, nodes: int, spot: bool) -> dict[str, int]:
 def choose_nodes(
     work: Work, machine: Machine, rates: Rates, limits: SizingLimits, price: float | None
 ) -> dict[str, Any]:
-    """`sizing=auto`: the fewest core nodes meeting the target at the lowest predicted cost, within
-    the quota left and the maximum; when none meets it, the fastest allowed, and the reason why."""
+    """`sizing=auto`: of the core node counts predicted to meet the target, the one of the lowest
+    predicted cost (without a price, or on a tie, the fewest), within the quota left and the
+    maximum; when none meets it, the fastest allowed, and the reason why."""
+    if work.featurize_now and rates.slot_rate is None:
+        raise ValueError(
+            "sizing=auto needs a measured featurize rate: no earlier run on this instance type, "
+            "no bench profile"
+        )
     candidates = []
     for nodes in range(1, limits.max_nodes + 1):
         sized = machine.with_nodes(nodes)
@@ -287,7 +329,7 @@ def choose_nodes(
             for kind, need in needed.items()
             if limits.quota_left.get(kind) is not None and need > (limits.quota_left[kind] or 0)
         ]
-        priced = cost(sized, predicted["total_seconds"], price)
+        priced = cost(sized, predicted["total_seconds"], price, predicted["complete"])
         candidates.append(
             {
                 "nodes": nodes,
@@ -297,23 +339,18 @@ def choose_nodes(
                 "quota": "; ".join(short) or None,
             }
         )
-    if rates.slot_rate is None:
-        raise ValueError(
-            "sizing=auto needs a measured featurize rate: no earlier run on this machine, no profile"
-        )
     allowed = [c for c in candidates if c["fits_quota"]]
     if not allowed:
         raise ValueError(
             f"sizing=auto: not even 1 core node fits the vCPU quota left ({candidates[0]['quota']})"
         )
+    target = f"{limits.target_seconds / 60:.0f} min"
     meeting = [c for c in allowed if c["seconds"] <= limits.target_seconds]
     if meeting:
-        best = min(meeting, key=lambda c: (c["cost"] if c["cost"] is not None else 0, c["nodes"]))
+        best = min(meeting, key=lambda c: (c["cost"] or 0, c["nodes"]))
+        which = "the cheapest predicted of those meeting" if price is not None else "the fewest meeting"
         reason = (
-            f"{best['nodes']} core node(s): the fewest meeting the target of "
-            f"{limits.target_seconds / 60:.0f} min "
-            f"({best['seconds'] / 60:.1f} min predicted)"
-            + (" at the lowest predicted cost" if best["cost"] is not None else "")
+            f"{best['nodes']} core node(s), {which} the target of {target} ({best['seconds'] / 60:.1f} min)"
         )
     else:
         best = min(allowed, key=lambda c: (c["seconds"], c["nodes"]))
@@ -323,10 +360,13 @@ def choose_nodes(
             else f"the maximum of {limits.max_nodes} (ORCHARD_EMR_MAX_CORE_INSTANCES)"
         )
         reason = (
-            f"target of {limits.target_seconds / 60:.0f} min not met: {best['nodes']} core node(s), "
-            "the fastest "
-            f"within {bound}, are predicted to take {best['seconds'] / 60:.1f} min"
+            f"target of {target} not met: {best['nodes']} core node(s), the fastest within {bound}, "
+            f"are predicted to take {best['seconds'] / 60:.1f} min"
         )
+    partial = predict(work, machine.with_nodes(best["nodes"]), rates)
+    if not partial["complete"]:
+        missing = [u.split(":")[0] for u in partial["unknown"] + partial["assumed"]]
+        reason += f"; a lower bound, without {', '.join(missing)}"
     return {"nodes": best["nodes"], "met": bool(meeting), "reason": reason, "candidates": candidates}
 
 
@@ -347,7 +387,7 @@ def make_plan(
         "machine": {**asdict(machine), "total_slots": machine.total_slots},
         "sizing": dict(sizing) if sizing else {"mode": "fixed"},
         **predicted,
-        "cost": cost(machine, predicted["total_seconds"], price),
+        "cost": cost(machine, predicted["total_seconds"], price, predicted["complete"]),
         "history_used": list(rates.history),
     }
 
@@ -363,7 +403,10 @@ def describe(plan: Mapping[str, Any]) -> str:
     ]
     lines += [f"plan: {name} {p['seconds']:.0f} s [{p['basis']}]" for name, p in plan["phases"].items()]
     lines += [f"plan: not predicted: {what}" for what in plan["unknown"]]
+    lines += [f"plan: taken as 0 (not measured yet): {what}" for what in plan.get("assumed", [])]
     total = f"plan: total {plan['total_seconds']:.0f} s"
+    if not plan.get("complete", True):
+        total += " (a lower bound)"
     if plan.get("cost"):
         total += f", cost {plan['cost']['cost']:.2f} ({plan['cost']['basis']})"
     lines.append(total)
@@ -380,9 +423,15 @@ def local_actuals(featurize: Mapping[str, Any], pca: Mapping[str, Any]) -> dict[
     fphases = featurize.get("phases_seconds", {})
     return {
         "featurize": (fphases.get("session") or 0) + featurize["seconds"],
-        "featurize_job": fphases.get("featurize"),
+        **featurize_work(featurize),
         "pca": (pca.get("session_seconds") or 0) + pca["seconds"],
     }
+
+
+def featurize_work(featurize: Mapping[str, Any]) -> dict[str, float | None]:
+    """The featurize job's time and its workers' busy time (worker-seconds), from its summary."""
+    fphases = featurize.get("phases_seconds", {})
+    return {"featurize_job": fphases.get("featurize"), "featurize_busy": fphases.get("busy")}
 
 
 def compare(plan: Mapping[str, Any], actual: Mapping[str, float | None]) -> list[dict[str, Any]]:
@@ -405,15 +454,22 @@ def _row(name: str, predicted: float, actual: float | None) -> dict[str, Any]:
 
 
 def history_record(
-    plan: Mapping[str, Any], manifest: Mapping[str, Any], actual: Mapping[str, float | None]
+    plan: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    actual: Mapping[str, float | None],
+    slots: int | None = None,
 ) -> dict[str, Any]:
-    """What a finished attempt adds to the lake's history: its machine, its work and its phases."""
+    """What a finished attempt adds to the lake's history: its machine (with the task slots the
+    featurize step had, `slots`, when it said), its work and its phases."""
     counts = manifest["counts"]
+    machine = dict(plan["machine"])
+    if slots:
+        machine["total_slots"] = slots
     return {
         "run_id": manifest["run_id"],
         "attempt": manifest["run"]["attempt"],
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": plan["machine"],
+        "machine": machine,
         "work": {
             "inputs": counts["inputs"],
             "featurize_now": counts["featurized_now"] + counts["quarantined"],
@@ -474,10 +530,16 @@ def read_history(lake: Lake, lake_uri: str) -> list[dict[str, Any]]:
 
 
 def write_history(lake: Lake, lake_uri: str, record: Mapping[str, Any]) -> str:
-    """Add a finished attempt's record; the oldest beyond HISTORY_KEPT go."""
+    """Add a finished attempt's record (replacing one of the same attempt); the oldest beyond
+    HISTORY_KEPT go."""
     stamp = dt.datetime.fromisoformat(record["finished_at"]).strftime("%Y%m%dT%H%M%SZ")
     layout = LakeLayout(lake_uri)
     uri = layout.history_record(stamp, record["run_id"], record["attempt"])
+    # One record per attempt: a report run again (a retry, a cleared task) replaces its earlier one.
+    name = uri.rsplit("/", 1)[1]
+    for earlier in lake.list_files(layout.history):
+        if earlier != uri and earlier.rsplit("/", 1)[1][len(stamp) :] == name[len(stamp) :]:
+            lake.delete(earlier)
     lake.write_json(uri, record)
     records = [u for u in lake.list_files(layout.history) if u.endswith(".json")]
     for old in records[: max(len(records) - HISTORY_KEPT, 0)]:

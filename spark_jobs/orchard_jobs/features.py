@@ -46,6 +46,10 @@ RESULT_TYPE = T.StructType(
         T.StructField("from_cache", T.BooleanType(), True),
         # The cache file holding the features, relative to the cache (rows from the cache).
         T.StructField("segment", T.StringType(), True),
+        # The row's share of its batch's decoding and inference time in its Python worker (model
+        # opening excluded), in seconds: summed, the workers' busy time, from which a run's plan
+        # takes the rate per task slot apart from the start-up of workers and models.
+        T.StructField("busy_s", T.DoubleType(), True),
     ]
 )
 
@@ -237,6 +241,7 @@ def outcomes(
         "sha256",
         F.lit(False).alias("from_cache"),
         F.lit(None).cast("string").alias("segment"),
+        F.lit(0.0).alias("busy_s"),
     )
     return checked.select(*RESULT_TYPE.fieldNames()).unionByName(extra)
 
@@ -289,17 +294,20 @@ def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -
     @F.pandas_udf(RESULT_TYPE)
     def _featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         worker = os.getpid()
-        state: dict[str, Any] = {"model": None, "built": False}
+        state: dict[str, Any] = {"model": None, "built": False, "opening_s": 0.0}
 
         def infer(images: np.ndarray) -> np.ndarray:
             # Opened (or taken from this worker's cache) when there is a first image to infer: a
             # task that only meets undecodable files opens nothing.
             if state["model"] is None:
+                opened = time.perf_counter()
                 state["model"], state["built"] = featurizer_for(model, digest, threads)
+                state["opening_s"] = time.perf_counter() - opened
             return state["model"](images)
 
         for paths, contents in batches:
             started = time.perf_counter()
+            state["opening_s"] = 0.0
             records = featurize_records(infer, paths, contents)
             inferred = records["reason"].isna()
             records["model_built"] = False
@@ -312,6 +320,8 @@ def featurize(files: DataFrame, model: Any, partitions: int, threads: int = 0) -
             records["sha256"] = [hashlib.sha256(content).hexdigest() for content in contents]
             records["from_cache"] = False
             records["segment"] = None
+            busy = time.perf_counter() - started - state["opening_s"]
+            records["busy_s"] = busy / max(len(records), 1)
             print(
                 f"orchard: featurized {int(inferred.sum())} files in python worker pid={worker} "
                 f"({time.perf_counter() - started:.2f} s)",
@@ -414,6 +424,7 @@ def featurize_incremental(
         "sha256",
         F.lit(True).alias("from_cache"),
         "segment",
+        F.lit(0.0).alias("busy_s"),
     )
     return computed.unionByName(cached)
 
@@ -448,6 +459,11 @@ def outcome_metrics() -> list[Column]:
         F.size(F.collect_set("worker")).alias("python_workers"),
         F.count(F.when(F.col("from_cache"), 1)).alias("from_cache"),
     ]
+
+
+def busy_metric() -> Column:
+    """The Python workers' decoding and inference seconds, summed (worker-seconds), for observe()."""
+    return F.sum("busy_s").alias("busy_seconds")
 
 
 def count_outcomes(results: DataFrame) -> dict[str, int]:

@@ -26,22 +26,12 @@ def record(run_id: str, machine: Machine, *, inputs: int, now: int, phases: dict
 
 def emr_history() -> list[dict]:
     # 2 nodes x 4 slots featurized 8,000 images in a 500 s job: 2 img/s per slot; 40 s outside it.
-    phases = ("cluster_start", "featurize", "featurize_job", "pca", "finish")
+    names = ("cluster_start", "featurize", "featurize_job", "pca", "finish", "between_steps")
+    r2 = dict(zip(names, (420.0, 540.0, 500.0, 90.0, 100.0, 60.0), strict=True))
+    r1 = dict(zip(names, (480.0, 165.0, 125.0, 45.0, 140.0, 80.0), strict=True))
     return [
-        record(
-            "r2",
-            EMR,
-            inputs=8000,
-            now=8000,
-            phases=dict(zip(phases, (420.0, 540.0, 500.0, 90.0, 100.0), strict=True)),
-        ),
-        record(
-            "r1",
-            EMR,
-            inputs=2000,
-            now=2000,
-            phases=dict(zip(phases, (480.0, 165.0, 125.0, 45.0, 140.0), strict=True)),
-        ),
+        record("r2", EMR, inputs=8000, now=8000, phases=r2),
+        record("r1", EMR, inputs=2000, now=2000, phases=r1),
     ]
 
 
@@ -57,12 +47,13 @@ def test_history_calibrates_every_phase_and_the_total_adds_them_up():
     phases = {name: p["seconds"] for name, p in plan["phases"].items()}
     # 12,000 images over 16 slots at 2 img/s is 375 s, plus the fixed 40 s.
     assert phases == pytest.approx(
-        {"cluster_start": 450.0, "featurize": 415.0, "pca": 150.0, "finish": 120.0}
+        {"cluster_start": 450.0, "featurize": 415.0, "between_steps": 70.0, "pca": 150.0, "finish": 120.0}
     )
-    assert plan["total_seconds"] == pytest.approx(1135.0)
-    assert plan["unknown"] == []
+    assert plan["total_seconds"] == pytest.approx(1205.0)
+    assert (plan["unknown"], plan["assumed"], plan["complete"]) == ([], [], True)
     # 1 primary + 4 core nodes for the predicted lifetime.
-    assert plan["cost"]["cost"] == pytest.approx(5 * 1135 / 3600 * 0.262, rel=1e-3)
+    assert plan["cost"]["cost"] == pytest.approx(5 * 1205 / 3600 * 0.262, rel=1e-3)
+    assert not plan["cost"]["lower_bound"]
     assert plan["history_used"] == ["r2#1", "r1#1"]
 
 
@@ -75,7 +66,8 @@ def test_other_machines_history_is_not_used_and_defaults_say_where_they_come_fro
     plan = planning.predict(Work(100, 100, 0, "test"), other, rates)
     # Nothing measured the featurize rate, the PCA or the finish: left out and named, never guessed.
     assert set(plan["phases"]) == {"cluster_start"}
-    assert [u.split(":")[0] for u in plan["unknown"]] == ["featurize", "pca", "finish"]
+    assert [u.split(":")[0] for u in plan["unknown"]] == ["featurize", "between_steps", "pca", "finish"]
+    assert not plan["complete"]
 
 
 def test_the_bench_profile_gives_a_rate_without_history_and_says_it_is_a_lower_bound():
@@ -83,9 +75,28 @@ def test_the_bench_profile_gives_a_rate_without_history_and_says_it_is_a_lower_b
     rates = planning.calibrate([], EMR, profile)
     assert rates.slot_rate.seconds == pytest.approx(25.0)  # 2 processes: 50 img/s, 25 per core
     assert "AMD EPYC" in rates.slot_rate.basis and "no Spark" in rates.slot_rate.basis
+    assert "not the nodes' CPU" in rates.slot_rate.basis
     plan = planning.predict(Work(1000, 1000, 0, "test"), EMR, rates)
     assert plan["phases"]["featurize"]["seconds"] == pytest.approx(1000 / (25 * 8), abs=0.1)
-    assert "lower bound" in plan["phases"]["featurize"]["basis"]
+    # Spark's own part of the step is not in an engine-only rate: taken as 0, and said.
+    assert plan["assumed"][0].startswith("featurize: the step's fixed part") and not plan["complete"]
+    # Locally the profile counts only on the CPU it was measured on.
+    here = Machine("local", "local: other x 2", 1, 2, 2, cpu="Other CPU")
+    assert planning.calibrate([], here, profile).slot_rate is None
+    there = Machine("local", "local: AMD EPYC x 2", 1, 2, 2, cpu="AMD EPYC")
+    assert planning.calibrate([], there, profile).slot_rate.seconds == pytest.approx(25.0)
+
+
+def test_the_workers_busy_time_separates_the_rate_from_the_start_up():
+    local = Machine("local", "local: cpu x 2", 1, 2, 2, cpu="cpu")
+    # 600 images: a 7 s job of which the workers were busy 6 s in all (3 s each); 15 s in the step.
+    rec = record("r", local, inputs=600, now=600,
+                 phases={"featurize": 15.0, "featurize_job": 7.0, "featurize_busy": 6.0})  # fmt: skip
+    rates = planning.calibrate([rec], local)
+    assert rates.slot_rate.seconds == pytest.approx(100.0)  # 600 images in 6 worker-seconds
+    assert rates.featurize_fixed.seconds == pytest.approx(12.0)  # 15 s less 3 s of each worker's work
+    plan = planning.predict(Work(8000, 8000, 0, "test"), local, rates)
+    assert plan["phases"]["featurize"]["seconds"] == pytest.approx(12 + 8000 / 200)
 
 
 def test_a_run_whose_images_are_all_cached_is_predicted_its_fixed_part_only():
@@ -127,14 +138,14 @@ def auto(target_minutes: float, max_nodes: int = 10, quota: int | None = 64, spo
 
 
 def test_auto_picks_the_fewest_nodes_that_meet_the_target():
-    # Fixed 450 + 40 + 330 + 120 = 940 s; featurize 40,000 / (8 n) s: n=4 -> 2,190 s, n=3 -> 2,607 s.
-    chosen = auto(target_minutes=37)
+    # Fixed 450 + 40 + 70 + 330 + 120 = 1,010 s; featurize 40,000 / (8 n) s: n=4 -> 2,260 s, n=3 -> 2,677 s.
+    chosen = auto(target_minutes=38)
     assert chosen["met"] and chosen["nodes"] == 4
-    assert "fewest meeting the target of 37 min" in chosen["reason"]
+    assert "the cheapest predicted of those meeting the target of 38 min" in chosen["reason"]
     seconds = {c["nodes"]: c["seconds"] for c in chosen["candidates"]}
-    assert seconds[4] <= 37 * 60 < seconds[3]
+    assert seconds[4] <= 38 * 60 < seconds[3]
     # Of the sizes meeting it, the cheapest (every node pays for the fixed parts too).
-    meeting = [c for c in chosen["candidates"] if c["seconds"] <= 37 * 60]
+    meeting = [c for c in chosen["candidates"] if c["seconds"] <= 38 * 60]
     assert chosen["nodes"] == min(meeting, key=lambda c: c["cost"])["nodes"]
 
 
@@ -164,6 +175,26 @@ def test_auto_refuses_when_not_one_node_fits_or_nothing_measured_a_rate():
     limits = SizingLimits(600, 4, {"on-demand": None})
     with pytest.raises(ValueError, match="needs a measured featurize rate"):
         planning.choose_nodes(WORK, EMR, planning.calibrate([], EMR), limits, None)
+    # Nothing to featurize: no rate needed, and one node does it; what is unknown is said.
+    cached = Work(500, 0, 500, "test")
+    chosen = planning.choose_nodes(cached, EMR, planning.calibrate([], EMR), limits, None)
+    assert chosen["nodes"] == 1 and "a lower bound, without between_steps, pca, finish" in chosen["reason"]
+
+
+def test_one_history_record_per_attempt(tmp_path):
+    from orchard.storage.lake import Lake
+
+    lake, uri = Lake.local(), f"file://{tmp_path}"
+    first = {**emr_history()[0], "run_id": "manual_1", "finished_at": "2026-12-07T01:00:00+00:00"}
+    other = {**first, "run_id": "x-manual_1"}  # a run whose name ends like the first's
+    planning.write_history(lake, uri, first)
+    planning.write_history(lake, uri, other)
+    planning.write_history(
+        lake, uri, {**first, "finished_at": "2026-12-07T02:00:00+00:00"}
+    )  # the report again
+    names = sorted(p.name for p in (tmp_path / "history").iterdir())
+    assert names == ["20261207T010000Z-x-manual_1-attempt-1.json", "20261207T020000Z-manual_1-attempt-1.json"]
+    assert [r["run_id"] for r in planning.read_history(lake, uri)] == ["manual_1", "x-manual_1"]
 
 
 def test_a_history_record_feeds_the_next_plan():
@@ -171,7 +202,7 @@ def test_a_history_record_feeds_the_next_plan():
     plan = planning.make_plan(Work(600, 600, 0, "test"), local, planning.calibrate([], local))
     featurize = {"seconds": 40.0, "phases_seconds": {"session": 5.0, "featurize": 30.0}}
     actual = planning.local_actuals(featurize, {"seconds": 8.0, "session_seconds": 4.0})
-    assert actual == {"featurize": 45.0, "featurize_job": 30.0, "pca": 12.0}
+    assert actual == {"featurize": 45.0, "featurize_job": 30.0, "featurize_busy": None, "pca": 12.0}
     manifest = {"run_id": "r", "run": {"attempt": 2},
                 "counts": {"inputs": 600, "featurized_now": 590, "quarantined": 10}}  # fmt: skip
     rec = planning.history_record(plan, manifest, actual)

@@ -85,6 +85,10 @@ def test_a_folder_that_gained_images_featurizes_only_the_new_ones(spark, tmp_pat
     assert list(index.columns) == ["path", "label", "sha256", "segment"] and len(index) == 130
     assert third["counts"]["from_cache"] == 130
     assert third["counts"]["model_builds"] == 0
+    # The workers' busy time (what a run's plan takes its rate from): the model's work only, within
+    # the job's time on every slot; none when the cache held everything.
+    busy, job = second["phases_seconds"]["busy"], second["phases_seconds"]["featurize"]
+    assert 0 < busy <= job * second["slots"] and third["phases_seconds"]["busy"] == 0
     pd.testing.assert_frame_equal(third_features, second_features)
     assert not any(first_features.path.duplicated()) and not any(third_features.path.duplicated())
 

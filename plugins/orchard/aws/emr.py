@@ -522,8 +522,11 @@ def cluster_phases(emr_client: EMRClient, cluster_id: str) -> dict[str, float | 
     """What a cluster's run took, phase by phase (seconds), from EMR's own timelines: the start
     (created -> ready to run steps: provisioning and bootstrap actions; ClusterTimeline,
     https://docs.aws.amazon.com/emr/latest/APIReference/API_ClusterTimeline.html), each step (its
-    StepTimeline start -> end), and the finish (the last step's end -> terminated: the export, then
-    the shut-down). A phase without both times is None."""
+    StepTimeline start -> end; ListSteps lists the newest first: a step run again counts once, its
+    newest run), the finish (the last step's end -> terminated: the export, then the shut-down), and
+    what lies between (ready -> the first step, and between the steps: Airflow adding each step and
+    its sensor seeing the previous one end), so that the phases add up to the cluster's lifetime.
+    A phase without both times is None."""
     timeline = (
         emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"].get("Status", {}).get("Timeline", {})
     )
@@ -539,11 +542,18 @@ def cluster_phases(emr_client: EMRClient, cluster_id: str) -> dict[str, float | 
         for step in page["Steps"]:
             step_times = step.get("Status", {}).get("Timeline", {})
             name = STEP_PHASES.get(step.get("Name", ""))
-            if name:
+            if name and name not in phases:
                 phases[name] = between(step_times.get("StartDateTime"), step_times.get("EndDateTime"))
             end = step_times.get("EndDateTime")
             last_end = max(last_end, end) if last_end and end else (end or last_end)
     phases["finish"] = between(last_end, timeline.get("EndDateTime"))
+    lifetime = between(timeline.get("CreationDateTime"), timeline.get("EndDateTime"))
+    parts = [phases.get(name) for name in ("cluster_start", *STEP_PHASES.values(), "finish")]
+    phases["between_steps"] = (
+        round(lifetime - sum(p for p in parts if p is not None), 1)
+        if lifetime is not None and all(p is not None for p in parts)
+        else None
+    )
     return phases
 
 

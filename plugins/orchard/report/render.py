@@ -198,6 +198,7 @@ def plan_section(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
             )
         )
     cost = plan.get("cost")
+    bound = " (a lower bound: not everything could be predicted)" if cost and cost.get("lower_bound") else ""
     return {
         "work": f"{work['inputs']} images: {work['featurize_now']} to featurize, "
         f"{work['from_cache']} from the cache",
@@ -205,7 +206,8 @@ def plan_section(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         "sizing": plan["sizing"].get("reason"),
         "rows": rows,
         "unknown": plan.get("unknown", []),
-        "cost": f"{cost['cost']:.2f} USD predicted ({cost['basis']})" if cost else None,
+        "assumed": plan.get("assumed", []),
+        "cost": f"{cost['cost']:.2f} USD predicted{bound} ({cost['basis']})" if cost else None,
     }
 
 

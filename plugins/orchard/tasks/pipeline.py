@@ -7,10 +7,13 @@ params and what earlier tasks returned, and returns what later tasks need (plain
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from orchard import clients, model_cache, planning, runs
 from orchard import retention as retention_policy
@@ -22,6 +25,8 @@ from orchard.report.render import write_report
 from orchard.storage.lake import airflow_lake
 from orchard.storage.sync import listing_parquet
 from orchard.uris import dataset_name
+
+log = logging.getLogger(__name__)
 
 
 def upload_images(settings: Settings, params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
@@ -146,11 +151,15 @@ def _quota_left(settings: Settings, instance_type: str) -> dict[str, int | None]
     kinds = ["on-demand", "spot"] if settings.emr_core_spot else ["on-demand"]
     if not instance_type.startswith(preflight.STANDARD_FAMILIES):
         return dict.fromkeys(kinds)
-    found = preflight.quota_left(
-        clients.aws_client("service-quotas", settings.region, settings.aws_conn_id),
-        clients.aws_client("ec2", settings.region, settings.aws_conn_id),
-        kinds,
-    )
+    try:
+        found = preflight.quota_left(
+            clients.aws_client("service-quotas", settings.region, settings.aws_conn_id),
+            clients.aws_client("ec2", settings.region, settings.aws_conn_id),
+            kinds,
+        )
+    except ClientError as exc:  # DescribeInstances refused: what runs already is not known
+        log.warning("the vCPU quota left could not be read (%s): sizing=auto goes by the maximum alone", exc)
+        return dict.fromkeys(kinds)
     return {kind: None if isinstance(q, Exception) else q[0] - q[1] for kind, q in found.items()}
 
 
@@ -176,15 +185,19 @@ def report(settings: Settings, run: RunLayout, cluster_id: str | None = None) ->
         manifest["emr"] = emr.cluster_cost(
             emr_client, cluster_id, settings.emr_price_per_hour, settings.emr_prices
         )
-        actual = emr.cluster_phases(emr_client, cluster_id)
-        actual["featurize_job"] = featurized.get("phases_seconds", {}).get("featurize")
+        try:
+            actual = {**emr.cluster_phases(emr_client, cluster_id), **planning.featurize_work(featurized)}
+        except ClientError as exc:  # the comparison is a diagnostic: the report goes on without it
+            log.warning("the cluster's timelines could not be read (%s): no plan comparison", exc)
+            actual = {}
     else:
         actual = planning.local_actuals(featurized, lake.read_json(run.pca_summary))
     plan = manifest.get("plan")
-    if plan:
+    if plan and actual:
         plan["actual"] = actual
         plan["comparison"] = planning.compare(plan, actual)
-        planning.write_history(lake, settings.lake, planning.history_record(plan, manifest, actual))
+        record = planning.history_record(plan, manifest, actual, featurized.get("slots"))
+        planning.write_history(lake, settings.lake, record)
     lake.write_json(run.manifest, manifest)
     page = write_report(lake, run)
     runs.publish(lake, run)
