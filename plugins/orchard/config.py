@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     emr_core_instances: int = 2
     emr_core_spot: bool = False
     # Core nodes: "fixed" uses ORCHARD_EMR_CORE_INSTANCES (or the run's core_instances); "auto" the
-    # fewest that the run's plan predicts to finish within EMR_TARGET_MINUTES at the lowest cost, at
-    # most EMR_MAX_CORE_INSTANCES and within the vCPU quota left (orchard.planning).
+    # count the run's plan predicts to finish within EMR_TARGET_MINUTES at the lowest predicted cost,
+    # at most EMR_MAX_CORE_INSTANCES and within the vCPU quota left (orchard.planning).
     emr_sizing: Literal["fixed", "auto"] = "fixed"
     emr_target_minutes: float = Field(60.0, gt=0)
     emr_max_core_instances: int = Field(10, ge=1, le=50)
