@@ -19,8 +19,9 @@ Turns a folder of fruit photos (one sub-folder per class) into a table of PCA fe
    model is kept in the lake (`cache/models/`) and later runs reuse it.
 3. **plan** logs and writes `plan.json` before any step or cluster exists: images to featurize now
    and from the cache, the machines (on EMR: type, count, vCPUs, memory; with `sizing=auto` the
-   core nodes meeting `target_minutes` at the lowest predicted cost), each step's predicted duration and, with a price,
-   the cost, each figure with what it was measured on. The report sets what happened beside it.
+   core nodes meeting `target_minutes` at the lowest predicted cost), each step's predicted
+   duration and, with a price, the cost, each figure with what it was measured on. The report sets
+   what happened beside it.
 4. **featurize** (Spark, ONNX Runtime in the workers) turns every image into 1280 MobileNetV2
    features; files that cannot be decoded go to `quarantine` with a reason. Nothing is dropped
    silently. Its log shows progress:
