@@ -6,9 +6,10 @@ the listing, the writes; on EMR the step's YARN start too) plus its images over 
 The featurize rate is per task slot and scales with the slots; its serial parts do not (Amdahl).
 Its inputs are measured, never invented: the lake's history (`history/`, one record per finished
 attempt: its phases and rates, on which machine) or, without history, the engine's per-core rate
-that `make bench` recorded with its CPU model (bench/engine-profile.json). A figure nothing
-measured is left out of the total and named in `unknown`, never guessed; the cluster's start
-alone has a default, with its source.
+that `make bench` recorded with its CPU model (bench/engine-profile.json). A phase nothing
+measured is left out of the total and named in `unknown`, never guessed; a part of a phase taken
+as 0 for want of a measurement is named in `assumed`; either makes the total a lower bound. The
+cluster's start alone has a default, with its source.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class Estimate:
 class Rates:
     """What predicts a run on one machine: each figure with where it was measured (None: unknown)."""
 
-    slot_rate: Estimate | None  # featurize: images per second per task slot, in its Spark job
-    featurize_fixed: Estimate | None  # featurize: the step's time outside that job
+    slot_rate: Estimate | None  # featurize: images per second per task slot (its workers' busy time)
+    featurize_fixed: Estimate | None  # featurize: the rest of the step (session, start-ups, writes)
     pca_fixed: Estimate | None
     pca_per_image: Estimate | None
     cluster_start: Estimate | None = None  # EMR: created -> ready (provisioning and bootstrap)
