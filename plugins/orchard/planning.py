@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchard.aws.sizing import vcpus_needed
 from orchard.layout import LakeLayout
 
 if TYPE_CHECKING:
@@ -183,18 +184,26 @@ def calibrate(
     cluster_start = finish = between = None
     if machine.target == "emr":
         # A start of 0 s is no cluster's (moto's clusters are ready when created): not a measurement.
-        started = [r["phases"]["cluster_start"] for r in same if (r["phases"].get("cluster_start") or 0) > 0]
-        cluster_start = (
-            Estimate(_median(started), f"median of {len(started)} earlier clusters of this type")
-            if started
-            else Estimate(DEFAULT_CLUSTER_START, DEFAULT_CLUSTER_START_BASIS)
+        cluster_start = _clusters_median(same, "cluster_start", above=0.0) or Estimate(
+            DEFAULT_CLUSTER_START, DEFAULT_CLUSTER_START_BASIS
         )
-        for name in ("finish", "between_steps"):
-            seen = [r["phases"][name] for r in same if r["phases"].get(name) is not None]
-            if seen:
-                estimate = Estimate(_median(seen), f"median of {len(seen)} earlier clusters of this type")
-                finish, between = (estimate, between) if name == "finish" else (finish, estimate)
+        finish = _clusters_median(same, "finish")
+        between = _clusters_median(same, "between_steps")
     return Rates(slot_rate, featurize_fixed, pca_fixed, pca_per_image, cluster_start, finish, between, used)
+
+
+def _clusters_median(
+    records: Sequence[Mapping[str, Any]], phase: str, above: float | None = None
+) -> Estimate | None:
+    """The median of an EMR phase over the records that have it (and exceed `above`), or None."""
+    seen = [
+        r["phases"][phase]
+        for r in records
+        if r["phases"].get(phase) is not None and (above is None or r["phases"][phase] > above)
+    ]
+    if not seen:
+        return None
+    return Estimate(_median(seen), f"median of {len(seen)} earlier clusters of this type")
 
 
 def _linear(points: Sequence[tuple[int, float]]) -> tuple[Estimate | None, Estimate | None]:
@@ -303,12 +312,6 @@ class SizingLimits:
     core_spot: bool = False
 
 
-def _vcpus_needed(machine: Machine, nodes: int, spot: bool) -> dict[str, int]:
-    if spot:
-        return {"on-demand": machine.vcpu, "spot": machine.vcpu * nodes}
-    return {"on-demand": machine.vcpu * (1 + nodes)}
-
-
 def choose_nodes(
     work: Work, machine: Machine, rates: Rates, limits: SizingLimits, price: float | None
 ) -> dict[str, Any]:
@@ -321,10 +324,11 @@ def choose_nodes(
             "no bench profile"
         )
     candidates = []
+    predictions = {}
     for nodes in range(1, limits.max_nodes + 1):
         sized = machine.with_nodes(nodes)
-        predicted = predict(work, sized, rates)
-        needed = _vcpus_needed(machine, nodes, limits.core_spot)
+        predicted = predictions[nodes] = predict(work, sized, rates)
+        needed = vcpus_needed(machine.vcpu, nodes, limits.core_spot)
         short = [
             f"{need} {kind} vCPUs needed, {limits.quota_left[kind]} left"
             for kind, need in needed.items()
@@ -364,7 +368,7 @@ def choose_nodes(
             f"target of {target} not met: {best['nodes']} core node(s), the fastest within {bound}, "
             f"are predicted to take {best['seconds'] / 60:.1f} min"
         )
-    partial = predict(work, machine.with_nodes(best["nodes"]), rates)
+    partial = predictions[best["nodes"]]
     if not partial["complete"]:
         missing = [u.split(":")[0] for u in partial["unknown"] + partial["assumed"]]
         reason += f"; a lower bound, without {', '.join(missing)}"

@@ -364,8 +364,7 @@ def check_quota(
         return []  # the instance type check has said why
     if not instance_type.startswith(STANDARD_FAMILIES):
         return [Check(name, True, f"not checked: {instance_type} is not in a standard family's quota")]
-    needs = {"on-demand": vcpu * (1 if settings.emr_core_spot else 1 + core_instances)}
-    needs["spot"] = vcpu * core_instances if settings.emr_core_spot else 0
+    needs = executors.vcpus_needed(vcpu, core_instances, settings.emr_core_spot)
     found = quota_left(quotas, ec2, [kind for kind, need in needs.items() if need])
     checks = []
     for kind, quota in found.items():

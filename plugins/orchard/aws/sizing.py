@@ -29,6 +29,14 @@ YARN_MEMORY_MB = {
 YARN_SHARE = 5632 / (8 * 1024)
 
 
+def vcpus_needed(vcpu: int, core_nodes: int, core_spot: bool) -> dict[str, int]:
+    """The cluster's vCPUs by market, as EC2's quotas count them: the primary is On-Demand, the core
+    nodes On-Demand or Spot (`core_spot`); a market the cluster does not use is absent."""
+    if core_spot:
+        return {"on-demand": vcpu, "spot": vcpu * core_nodes}
+    return {"on-demand": vcpu * (1 + core_nodes)}
+
+
 def yarn_memory_mb(instance_type: str, memory_gb: float) -> int:
     """The memory YARN offers containers on one node of the type."""
     return YARN_MEMORY_MB.get(instance_type) or int(memory_gb * 1024 * YARN_SHARE)

@@ -166,15 +166,19 @@ class Lake:
         # Deferred: pandas takes ~0.45 s to import, for the report alone, not each time a DAG is parsed.
         import pandas as pd  # ruff: ignore[import-outside-top-level]
 
-        folder = uri.rstrip("/")
-        parts = [
-            u for u in self.list_files(uri) if u.endswith(".parquet") and not is_hidden(u[len(folder) + 1 :])
-        ]
+        parts = self._parquet_parts(uri)
         if not parts:
             raise FileNotFoundError(f"no Parquet files under {uri}")
         return pd.concat(
             [pd.read_parquet(io.BytesIO(self.read_bytes(part))) for part in parts], ignore_index=True
         )
+
+    def _parquet_parts(self, uri: str) -> list[str]:
+        """The Parquet files below a folder Spark wrote (its `_SUCCESS` and `.crc` files skipped)."""
+        folder = uri.rstrip("/")
+        return [
+            u for u in self.list_files(uri) if u.endswith(".parquet") and not is_hidden(u[len(folder) + 1 :])
+        ]
 
     def read_column(self, uri: str, column: str) -> list[Any]:
         """One column of a Parquet file, or of every Parquet file below a folder (none: empty).
@@ -183,17 +187,8 @@ class Lake:
         """
         import pyarrow.parquet as pq  # ruff: ignore[import-outside-top-level] - as read_parquet's pandas
 
-        folder = uri.rstrip("/")
-        if uri.endswith(".parquet"):
-            parts = [uri]
-        else:
-            parts = [
-                u
-                for u in self.list_files(uri)
-                if u.endswith(".parquet") and not is_hidden(u[len(folder) + 1 :])
-            ]
         values: list[Any] = []
-        for part in parts:
+        for part in [uri] if uri.endswith(".parquet") else self._parquet_parts(uri):
             with self.fs.open(self._path(part), "rb") as handle:
                 values += pq.read_table(handle, columns=[column]).column(column).to_pylist()
         return values

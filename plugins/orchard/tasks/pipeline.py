@@ -22,7 +22,7 @@ from orchard.aws.sizing import executor_sizing, yarn_memory_mb
 from orchard.config import Settings
 from orchard.layout import LakeLayout, RunLayout
 from orchard.report.render import write_report
-from orchard.storage.lake import airflow_lake
+from orchard.storage.lake import Lake, airflow_lake
 from orchard.storage.sync import listing_parquet
 from orchard.uris import dataset_name
 
@@ -81,12 +81,8 @@ def plan_local(
     the attempt's plan.json and logged before the steps start."""
     lake = airflow_lake(settings)
     machine = planning.local_machine(master)
-    rates = planning.calibrate(
-        planning.read_history(lake, settings.lake), machine, planning.read_profile(settings.engine_profile)
-    )
-    return _write_plan(
-        lake, run, planning.make_plan(planning.read_work(lake, run, model["sha256"]), machine, rates)
-    )
+    work = planning.read_work(lake, run, model["sha256"])
+    return _write_plan(lake, run, planning.make_plan(work, machine, _rates(lake, settings, machine)))
 
 
 def plan_emr(
@@ -111,9 +107,7 @@ def plan_emr(
         "emr", f"emr: {instance['type']}", params["core_instances"], instance["vcpu"],
         int(executors["spark.executor.cores"]) if executors else 1, instance["memory_gb"], instance["type"],
     )  # fmt: skip
-    rates = planning.calibrate(
-        planning.read_history(lake, settings.lake), machine, planning.read_profile(settings.engine_profile)
-    )
+    rates = _rates(lake, settings, machine)
     work = planning.read_work(lake, run, model["sha256"])
     price = settings.emr_prices.get(instance["type"], settings.emr_price_per_hour)
     decision: dict[str, Any] = {"mode": "fixed", "reason": f"core_instances={machine.nodes}"}
@@ -146,6 +140,12 @@ def plan_emr(
     return {"plan": plan, "job_flow": job_flow}
 
 
+def _rates(lake: Lake, settings: Settings, machine: planning.Machine) -> planning.Rates:
+    """The machine's rates from the lake's history, else the bench's engine profile."""
+    history = planning.read_history(lake, settings.lake)
+    return planning.calibrate(history, machine, planning.read_profile(settings.engine_profile))
+
+
 def _quota_left(settings: Settings, instance_type: str) -> dict[str, int | None]:
     """vCPUs left of the EC2 quotas by market (None: not a standard family, or the quota is unreadable)."""
     kinds = ["on-demand", "spot"] if settings.emr_core_spot else ["on-demand"]
@@ -163,7 +163,7 @@ def _quota_left(settings: Settings, instance_type: str) -> dict[str, int | None]
     return {kind: None if isinstance(q, Exception) else q[0] - q[1] for kind, q in found.items()}
 
 
-def _write_plan(lake: Any, run: RunLayout, plan: dict[str, Any]) -> dict[str, Any]:
+def _write_plan(lake: Lake, run: RunLayout, plan: dict[str, Any]) -> dict[str, Any]:
     lake.write_json(run.plan, plan)
     for line in planning.describe(plan).splitlines():
         print(line)
